@@ -1,0 +1,254 @@
+"""The one LightningDataModule every model family trains on.
+
+It turns a list of source specs (``[{"name": "edu"}, {"name": "math", "weight": 0.3}]``)
+into tokenised, cached, memory-mapped splits and serves them in either sample layout.
+``prepare_data`` (one process per node) trains or loads the tokenizer and fills the token
+cache; ``setup`` (every process) only opens what is cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from transformers import PreTrainedTokenizerFast
+
+from zoo.data import cache
+from zoo.data.samples import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
+from zoo.data.sources import SPLITS, Source, build_source
+from zoo.data.tokenizer import (
+    EOT,
+    PAD,
+    load_tokenizer,
+    sample_texts,
+    save_tokenizer,
+    token_byte_lengths,
+    train_bpe,
+)
+from zoo.errors import ZooError
+
+log = logging.getLogger(__name__)
+
+
+def _interleave(sources: Sequence[Source], split: str):
+    """Round-robin over the sources' documents, so a capped sample covers all of them."""
+    iters = [iter(s.documents(split)) for s in sources]
+    while iters:
+        for it in list(iters):
+            try:
+                yield next(it)
+            except StopIteration:
+                iters.remove(it)
+
+
+class TextDataModule(L.LightningDataModule):
+    """Shared data for every family: sources → tokenizer → cached splits → batches.
+
+    Args:
+        sources: source specs, each ``{"name": ..., "weight": w, **options}`` (see
+            :func:`zoo.data.sources.list_sources`). Weights mix the training split only;
+            validation and test use every document of every source.
+        layout: ``"packed"`` or ``"left_padded"`` (see :mod:`zoo.data.samples`).
+        n_ctx: tokens per sample the model reads.
+        batch_size: training samples per step and device; ``eval_batch_size`` for val/test.
+        tokenizer: ``{"path": file-or-folder}`` to use an existing tokenizer, or
+            ``{"vocab_size": 8192, "train_bytes": 50_000_000}`` to train a byte-level BPE
+            on (at most that many bytes of) the training split.
+        cache_dir: where tokenizers and tokenised splits are cached (default ``~/.cache/zoo``).
+        num_workers: dataloader worker processes.
+        seed: seed of the mixture draw and of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Mapping[str, Any]],
+        layout: str = "packed",
+        n_ctx: int = 256,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        tokenizer: Mapping[str, Any] | None = None,
+        cache_dir: str | Path | None = None,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ZooError(f"unknown data layout '{layout}'; available: {', '.join(LAYOUTS)}")
+        if not sources:
+            raise ZooError("data.sources is empty; give at least one source, e.g. [{name: edu}]")
+        for name, value in (("n_ctx", n_ctx), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ZooError(f"data.{name} must be a positive integer, got {value!r}")
+        specs = [dict(s) for s in sources]
+        self.weights = [float(s.pop("weight", 1.0)) for s in specs]
+        self.sources = [build_source(s) for s in specs]
+        self.layout, self.n_ctx = layout, n_ctx
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.tokenizer_cfg = dict(tokenizer or {})
+        unknown = set(self.tokenizer_cfg) - {"path", "vocab_size", "train_bytes"}
+        if unknown:
+            raise ZooError(
+                f"unknown tokenizer option(s) {sorted(unknown)}; allowed: path, vocab_size, train_bytes"
+            )
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed = seed
+        self._tokenizer: PreTrainedTokenizerFast | None = None
+        self._datasets: dict[str, Dataset] = {}
+
+    # ---------------------------------------------------------------- tokenizer
+    def _tokenizer_file(self) -> Path:
+        vocab = int(self.tokenizer_cfg.get("vocab_size", 8192))
+        train_bytes = int(self.tokenizer_cfg.get("train_bytes", 50_000_000))
+        blob = json.dumps([[s.fingerprint() for s in self.sources], vocab, train_bytes])
+        key = hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
+        return self.cache_dir / "tokenizers" / f"bpe{vocab}-{key}" / "tokenizer.json"
+
+    def _load_or_train_tokenizer(self, train: bool) -> PreTrainedTokenizerFast:
+        if self.tokenizer_cfg.get("path"):
+            return load_tokenizer(self.tokenizer_cfg["path"])
+        path = self._tokenizer_file()
+        if path.is_file():
+            return load_tokenizer(path)
+        if not train:
+            raise ZooError(f"tokenizer {path} is missing; run prepare_data() first")
+        vocab = int(self.tokenizer_cfg.get("vocab_size", 8192))
+        train_bytes = int(self.tokenizer_cfg.get("train_bytes", 50_000_000))
+        log.info("training a %d-token byte-level BPE on up to %d bytes of the training split", vocab, train_bytes)
+        tok = train_bpe(sample_texts(_interleave(self.sources, "train"), train_bytes), vocab_size=vocab)
+        save_tokenizer(tok, path)
+        return tok
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        """The tokenizer (trained and cached on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = self._load_or_train_tokenizer(train=True)
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    # ---------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        """Train/load the tokenizer and tokenise every split of every source into the cache."""
+        tok = self.tokenizer
+        for source in self.sources:
+            for split in SPLITS:
+                cache.build_split(source, split, tok, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets:
+            return
+        tok = self._load_or_train_tokenizer(train=False) if self._tokenizer is None else self._tokenizer
+        self._tokenizer = tok
+        lut = token_byte_lengths(tok)
+        pad, eot = tok.convert_tokens_to_ids(PAD), tok.convert_tokens_to_ids(EOT)
+        for split in SPLITS:
+            parts = []
+            for source in self.sources:
+                path = cache.build_split(source, split, tok, self.cache_dir)  # no-op when cached
+                data = cache.load_split(path)
+                if self.layout == "packed":
+                    parts.append(PackedDataset(data, self.n_ctx, lut, pad, drop_last=split == "train"))
+                else:
+                    parts.append(LeftPaddedDataset(data, self.n_ctx, lut, pad, eot))
+            if split == "train" and len(parts) > 1:
+                ds: Dataset = MixtureDataset(parts, self.weights, self.seed)
+            elif len(parts) > 1:
+                ds = ConcatDataset(parts)
+            else:
+                ds = parts[0]
+            if len(ds) == 0:
+                raise ZooError(
+                    f"the {split} split has no samples of {self.n_ctx + 1} tokens; "
+                    "use more data or a smaller data.n_ctx"
+                )
+            self._datasets[split] = ds
+
+    def dataset(self, split: str) -> Dataset:
+        """The map-style dataset of a split (after :meth:`setup`)."""
+        if split not in SPLITS:
+            raise ZooError(f"unknown split '{split}'; available: {', '.join(SPLITS)}")
+        self.setup()
+        return self._datasets[split]
+
+    def _loader(self, split: str, shuffle: bool, max_samples: int | None = None) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        ds = self.dataset(split)
+        if max_samples is not None and max_samples < len(ds):  # a seeded, fixed subset
+            keep = np.random.default_rng(self.seed).choice(len(ds), size=max_samples, replace=False)
+            ds = Subset(ds, np.sort(keep).tolist())
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def eval_dataloader(self, split: str, max_samples: int | None = None) -> DataLoader:
+        """An unshuffled loader over any split, optionally a fixed subset of ``max_samples``."""
+        return self._loader(split, shuffle=False, max_samples=max_samples)
+
+    # ---------------------------------------------------------------- raw text
+    def split_text(self, split: str, max_bytes: int | None = None) -> bytes:
+        """The split's documents as UTF-8, joined by newlines (for classical compressors)."""
+        out, n = [], 0
+        for source in self.sources:
+            for doc in source.documents(split):
+                b = doc.encode("utf-8")
+                out.append(b)
+                n += len(b) + 1
+                if max_bytes is not None and n >= max_bytes:
+                    return b"\n".join(out)[:max_bytes]
+        return b"\n".join(out)
+
+    def split_bytes(self, split: str) -> int:
+        """UTF-8 bytes of a split's documents (as tokenised)."""
+        tok = self.tokenizer
+        return sum(cache.load_split(cache.build_split(s, split, tok, self.cache_dir)).n_bytes for s in self.sources)
+
+    def describe(self) -> str:
+        """A one-line summary per split: documents, tokens, bytes, bytes per token."""
+        tok = self.tokenizer
+        lines = []
+        for split in SPLITS:
+            docs = toks = nbytes = 0
+            for s in self.sources:
+                d = cache.load_split(cache.build_split(s, split, tok, self.cache_dir))
+                docs, toks, nbytes = docs + len(d), toks + d.n_tokens, nbytes + d.n_bytes
+            lines.append(
+                f"{split:5s}: {docs:>9,d} docs {toks:>12,d} tokens {nbytes:>13,d} bytes "
+                f"({nbytes / max(toks, 1):.2f} bytes/token)"
+            )
+        return "\n".join(lines)
+
+
+def byte_lengths_tensor(tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
+    """Bytes per token id as an int64 tensor (for code that scores raw token ids)."""
+    return torch.from_numpy(token_byte_lengths(tokenizer).astype(np.int64))

@@ -1,0 +1,165 @@
+"""Evaluate a trained model: ``python -m zoo.evaluate checkpoint=PATH [key=value ...]``.
+
+Scores one split of a data source with a Lightning ``.ckpt`` or an exported model folder and
+reports bits per byte, cross-entropy, perplexity, predictive entropy, the tokens and bytes
+counted, and the same text's bits per byte under ``gzip -9``, ``bz2 -9`` and ``xz -9``.
+
+Options (all ``key=value``):
+  checkpoint=PATH    a .ckpt from zoo.fit, or a model folder (model.safetensors + config.yaml)
+  split=val          train | val | test
+  data=NAME          score another data group from recipes/data (default: the training data)
+  data.KEY=VALUE     override a data option (e.g. data.eval_batch_size=8)
+  max_batches=N      score only the first N batches
+  json=PATH          also write the results as JSON (json=- prints JSON instead of the table)
+  accelerator=auto   cpu | gpu | auto
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from omegaconf import OmegaConf
+
+from zoo.compression import COMPRESSORS, compressed_bits_per_byte
+from zoo.config import list_group, recipes_dir
+from zoo.data.datamodule import TextDataModule
+from zoo.data.sources import SPLITS
+from zoo.data.tokenizer import save_tokenizer, tokenizer_fingerprint
+from zoo.errors import ZooError, unknown
+from zoo.lit.language_model import LanguageModelTask
+from zoo.pretrained import load_pretrained, read_checkpoint, tokenizer_from_checkpoint
+
+OPTIONS = ("checkpoint", "split", "data", "max_batches", "json", "accelerator")
+
+
+def load_task(path: str | Path) -> tuple[LanguageModelTask, Any, dict[str, Any]]:
+    """``(task, tokenizer, run config)`` from a ``.ckpt`` or an exported model folder."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        model, tokenizer, spec = load_pretrained(p)
+        task = LanguageModelTask(model=spec["model"], vocab_size=spec["vocab_size"], n_ctx=spec["n_ctx"])
+        task.model = model
+        run = dict(spec.get("run") or {})
+        run.setdefault("data", {"layout": spec.get("layout", "packed")})
+        run["data"]["n_ctx"] = spec["n_ctx"]
+        return task, tokenizer, run
+    ckpt = read_checkpoint(p)
+    hp = ckpt.get("hyper_parameters", {})
+    task = LanguageModelTask(model=hp["model"], vocab_size=hp["vocab_size"], n_ctx=hp["n_ctx"])
+    try:
+        task.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ZooError(f"{p}: weights do not fit the model its config describes ({str(e).splitlines()[0]})") from e
+    return task, tokenizer_from_checkpoint(ckpt), dict(ckpt["zoo"]["config"])
+
+
+def evaluate(
+    checkpoint: str | Path,
+    split: str = "val",
+    data: Mapping[str, Any] | None = None,
+    max_batches: int | None = None,
+    accelerator: str = "auto",
+    compressors: Sequence[str] = COMPRESSORS,
+) -> dict[str, Any]:
+    """Score ``split`` and return the metrics plus the compressors' BPB on the same text.
+
+    ``data`` overrides keys of the run's ``data:`` section (e.g. ``{"sources": [...]}``).
+    """
+    if split not in SPLITS:
+        raise unknown("split", split, SPLITS)
+    task, tokenizer, run = load_task(checkpoint)
+    data_cfg = {**dict(run.get("data") or {}), **dict(data or {})}
+    if not data_cfg.get("sources"):
+        raise ZooError("this model folder records no training data; give data=NAME (e.g. data=edu)")
+    cache_dir = Path(data_cfg.get("cache_dir") or TextDataModule(sources=[{"name": "edu"}]).cache_dir)
+    tok_path = save_tokenizer(tokenizer, cache_dir / "tokenizers" / f"model-{tokenizer_fingerprint(tokenizer)}")
+    data_cfg["tokenizer"] = {"path": str(tok_path)}
+    data_cfg.pop("num_workers", None)
+    dm = TextDataModule(**data_cfg)
+    if dm.n_ctx != task.hparams.n_ctx:
+        raise ZooError(f"data.n_ctx={dm.n_ctx} differs from the model's n_ctx={task.hparams.n_ctx}")
+    dm.prepare_data()
+    task.report_stages = [f"report_{split}"]
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+        limit_test_batches=max_batches, enable_model_summary=False,
+    )
+    loader = dm.eval_dataloader(split)
+    (metrics,) = trainer.test(task, dataloaders=loader, verbose=False)
+    row: dict[str, Any] = {k.split("/")[-1]: float(v) for k, v in metrics.items()}
+    tokens = bytes_ = 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        tokens += int((batch["labels"] != -100).sum())
+        bytes_ += int(batch["target_bytes"].sum())
+    row.update(tokens=tokens, bytes=bytes_, bytes_per_token=bytes_ / max(tokens, 1))
+    text = dm.split_text(split, max_bytes=bytes_ if max_batches is not None else None)
+    for c in compressors:
+        row[c] = compressed_bits_per_byte(text, c)
+    row.update(checkpoint=str(checkpoint), split=split, sources=[s.name for s in dm.sources])
+    return row
+
+
+def format_row(row: Mapping[str, Any]) -> str:
+    lines = [f"{row['checkpoint']} on {'+'.join(row['sources'])}/{row['split']}"]
+    for key, label in (("bpb", "bits per byte"), ("ce", "cross-entropy (nats/token)"), ("ppl", "perplexity"),
+                       ("entropy", "predictive entropy (bits/token)"),
+                       ("entropy_bpb", "predictive entropy (bits/byte)")):
+        if key in row:
+            lines.append(f"  {label:34s} {row[key]:10.4f}")
+    lines.append(f"  {'tokens / bytes scored':34s} {row['tokens']:,} / {row['bytes']:,} "
+                 f"({row['bytes_per_token']:.2f} bytes/token)")
+    for c in COMPRESSORS:
+        if c in row:
+            lines.append(f"  {c + ' -9 (bits per byte)':34s} {row[c]:10.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    try:
+        bad = [a for a in argv if "=" not in a]
+        if bad:
+            raise ZooError(f"arguments are key=value; got {bad[0]!r}")
+        group = next((a.split("=", 1)[1] for a in argv if a.startswith("data=")), None)
+        args = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in argv if not a.startswith("data=")]))
+        assert isinstance(args, dict)
+        for key in args:
+            if key not in OPTIONS:
+                raise unknown("option", key, OPTIONS)
+        if "checkpoint" not in args:
+            raise ZooError("checkpoint=PATH is required (a .ckpt from zoo.fit or an exported model folder)")
+        data: dict[str, Any] = {}
+        if group is not None:  # a data group from recipes/data, then data.KEY=VALUE on top
+            if group not in list_group("data"):
+                raise unknown("data option", group, list_group("data"))
+            data.update(yaml.safe_load((recipes_dir() / "data" / f"{group}.yaml").read_text()))
+        data.update(args.get("data") or {})
+        row = evaluate(
+            args["checkpoint"], split=str(args.get("split", "val")), data=data,
+            max_batches=args.get("max_batches"), accelerator=str(args.get("accelerator", "auto")),
+        )
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out = args.get("json")
+    if out == "-":
+        print(json.dumps(row, indent=1))
+        return
+    print(format_row(row))
+    if out:
+        Path(out).write_text(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()

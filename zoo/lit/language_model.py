@@ -1,0 +1,135 @@
+"""The LightningModule every family shares: loss, metrics, optimiser, logging. Nothing else.
+
+A family differs only in its ``nn.Module`` (built by :func:`zoo.models.build_model`), which
+maps a batch's ``input_ids`` and ``attention_mask`` to next-token logits. Families that need
+more (an auxiliary loss, side information with a cost in bits) subclass and override
+:meth:`LanguageModelTask.forward` or :attr:`side_bits_per_sequence`, not the steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from zoo.metrics import language_metrics, token_stats, update_all
+from zoo.models import build_model
+
+#: names of the evaluation stages that keep their own metric state
+EVAL_STAGES = ("val", "report_train", "report_val", "report_test")
+
+
+class LanguageModelTask(L.LightningModule):
+    """Trains any zoo language model on next-token cross-entropy and reports bits per byte.
+
+    Args:
+        model: the ``model:`` config section (``family`` plus its sizes).
+        vocab_size: tokenizer size; ``n_ctx``: tokens per sample.
+        optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``,
+            ``schedule`` (``cosine``, ``linear`` or ``constant``) and ``min_lr_ratio``.
+    """
+
+    #: bits of side information a model receives per sequence (the EACD's vector); 0 here
+    side_bits_per_sequence: float = 0.0
+    #: metric stage of each test dataloader (the final report scores train, val, test)
+    report_stages: list[str] = ["report_test"]
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        vocab_size: int,
+        n_ctx: int,
+        optim: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model, vocab_size, n_ctx)
+        self.optim = {
+            "lr": 1e-3,
+            "weight_decay": 0.1,
+            "betas": (0.9, 0.95),
+            "eps": 1e-8,
+            "warmup_steps": 100,
+            "schedule": "cosine",
+            "min_lr_ratio": 0.1,
+            **dict(optim or {}),
+        }
+        self.metrics = nn.ModuleDict(
+            {s: language_metrics(extra_bits_per_sequence=self.side_bits_per_sequence) for s in EVAL_STAGES}
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token logits ``[B, T, V]`` for a batch from the shared DataModule."""
+        return self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        stats = token_stats(self(batch), batch["labels"], batch["target_bytes"], with_entropy=False)
+        bpb = stats.nll.detach().sum() / (math.log(2) * stats.target_bytes.sum().clamp(min=1))
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", stats.loss, prog_bar=True, batch_size=bs)
+        self.log("train/bpb", bpb, prog_bar=True, batch_size=bs)
+        return stats.loss
+
+    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
+        stats = token_stats(self(batch), batch["labels"], batch["target_bytes"], with_entropy=True)
+        m = self.metrics[stage]
+        update_all(m, stats, n_sequences=batch["input_ids"].shape[0])
+        prefix = "val" if stage == "val" else stage.replace("report_", "final/")
+        for name, metric in m.items():
+            self.log(f"{prefix}/{name}", metric, prog_bar=name == "bpb" and stage == "val",
+                     add_dataloader_idx=False, batch_size=batch["input_ids"].shape[0])
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Test loaders are the report's splits, named by :attr:`report_stages` in order."""
+        self._eval_step(self.report_stages[dataloader_idx], batch)
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> dict:
+        """AdamW (no decay on norms, biases and embeddings) with warmup then decay per step."""
+        o = self.optim
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_schedule(o["schedule"], int(o["warmup_steps"]), total, float(o["min_lr_ratio"]))
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def lr_schedule(kind: str, warmup: int, total: int, min_ratio: float):
+    """Multiplier of the base learning rate at each step: linear warmup, then ``kind`` decay."""
+    if kind not in SCHEDULES:
+        from zoo.errors import unknown
+
+        raise unknown("optim.schedule", kind, SCHEDULES)
+    warmup = min(warmup, max(total - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * shape
+
+    return factor

@@ -1,0 +1,33 @@
+"""torchmetrics for language models: bits per byte, cross-entropy, perplexity, entropy.
+
+All of them are fed from :func:`token_stats`, which derives the loss and every per-token
+statistic from one float32 log-softmax of the logits.
+"""
+
+from zoo.metrics.language import (
+    ENTROPY_UNITS,
+    IGNORE_INDEX,
+    BitsPerByte,
+    CrossEntropy,
+    Perplexity,
+    PredictiveEntropy,
+    TokenMetric,
+    TokenStats,
+    language_metrics,
+    token_stats,
+    update_all,
+)
+
+__all__ = [
+    "ENTROPY_UNITS",
+    "IGNORE_INDEX",
+    "BitsPerByte",
+    "CrossEntropy",
+    "Perplexity",
+    "PredictiveEntropy",
+    "TokenMetric",
+    "TokenStats",
+    "language_metrics",
+    "token_stats",
+    "update_all",
+]

@@ -1,0 +1,441 @@
+"""Per-token statistics of a language model and the torchmetrics that aggregate them.
+
+Everything here starts from ONE float32 log-softmax of the model's logits
+(:func:`token_stats`): the training loss, the per-token negative log-likelihood (NLL) the
+metrics accumulate, and the predictive entropy of each next-token distribution. Computing the
+log-softmax once matters because ``[batch, time, vocab]`` is the largest activation of a small
+language model; a metric that recomputes its own softmax (as ``torchmetrics.text.Perplexity``
+does) doubles that memory and time.
+
+Shapes and the padding convention
+---------------------------------
+Labels are ``-100`` where a position is not scored (pads, the injected side-information
+token of an EACD). :func:`token_stats` keeps the flattened ``B*T`` positions by default and
+marks the scored ones in ``TokenStats.valid``; unscored positions carry zeros in ``nll``,
+``entropy`` and ``target_bytes``. That keeps shapes static, so the hot path never waits for
+the accelerator (selecting the valid rows by a boolean mask needs the host to learn how many
+there are). ``compact=True`` selects the valid rows first instead, which saves the
+log-softmax over pads at the price of that one host sync.
+
+Units
+-----
+NLL and entropy are accumulated in nats. Bits per byte (BPB) is
+``sum(NLL) / (ln 2 * sum(bytes))`` where ``bytes`` is the number of UTF-8 bytes each target
+token decodes to, which makes models with different tokenizers comparable.
+
+Distributed training
+--------------------
+Every metric keeps sums (nats in float64, counts in int64) reduced with ``"sum"`` across
+ranks, so ``compute()`` on any rank gives the value over the union of all ranks' data. Log
+the Metric object itself (``self.log(name, metric)``); never read the raw states in a hook,
+since they are per rank until ``compute()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+
+IGNORE_INDEX = -100
+"""Label value of positions that are not scored (the ``F.cross_entropy`` default)."""
+
+LN2 = math.log(2.0)
+
+ENTROPY_UNITS = ("token", "byte")
+
+
+@dataclass
+class TokenStats:
+    """Per-token statistics of one batch, all derived from a single log-softmax.
+
+    Attributes:
+        loss: scalar mean NLL in nats over the scored tokens; differentiable (the training
+            loss). ``0`` (not NaN) for a batch without scored tokens, so such a batch cannot
+            poison the weights.
+        nll: ``[N]`` float32 NLL in nats per position; differentiable, so per-token losses
+            (e.g. the entropy-aware ``|CE_i - H_i|``) can be built from it. Metrics detach it.
+            Zero at unscored positions.
+        entropy: ``[N]`` float32 entropy in nats of each position's predicted next-token
+            distribution (detached), zero at unscored positions; ``None`` when not requested.
+        target_bytes: ``[N]`` int64 UTF-8 bytes each target token decodes to; zero at
+            unscored positions.
+        valid: ``[N]`` bool, True at scored positions. All True when ``compact=True``.
+        n_tokens: int64 scalar tensor, the number of scored tokens (a tensor, not an int,
+            so that reading it does not force a host sync).
+    """
+
+    loss: Tensor
+    nll: Tensor
+    entropy: Tensor | None
+    target_bytes: Tensor
+    valid: Tensor
+    n_tokens: Tensor
+
+
+def token_stats(
+    logits: Tensor,
+    labels: Tensor,
+    target_bytes: Tensor,
+    with_entropy: bool = True,
+    chunk_size: int = 4096,
+    compact: bool = False,
+) -> TokenStats:
+    """Compute loss, per-token NLL, predictive entropy and byte counts from one log-softmax.
+
+    Args:
+        logits: ``[B, T, V]`` next-token logits, any float dtype; bf16/fp16 are upcast to
+            float32 before the log-softmax so the loss and metrics do not lose precision.
+        labels: ``[B, T]`` target token ids aligned with ``logits`` (already shifted), with
+            ``-100`` at positions that are not scored.
+        target_bytes: ``[B, T]`` integer count of UTF-8 bytes each target token decodes to;
+            ignored where ``labels == -100``.
+        with_entropy: also compute the predictive entropy of every scored position (no
+            gradient). Costs one extra elementwise pass over ``[N, V]`` in chunks.
+        chunk_size: rows of ``[N, V]`` processed at once for the entropy, bounding the
+            temporary memory to ``chunk_size * V`` floats instead of a second full
+            probability tensor.
+        compact: drop unscored positions before the log-softmax (saves work when many
+            positions are pads) at the cost of one device-to-host sync. Default False keeps
+            this function free of host syncs.
+
+    Returns:
+        A :class:`TokenStats`. ``loss`` matches ``F.cross_entropy(logits.flatten(0, 1),
+        labels.flatten(), ignore_index=-100)`` (float32), gradients included.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [batch, time, vocab], got shape {tuple(logits.shape)}")
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"labels must be [batch, time] = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
+        )
+    if target_bytes.shape != labels.shape:
+        raise ValueError(
+            f"target_bytes must have the shape of labels {tuple(labels.shape)}, "
+            f"got {tuple(target_bytes.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+
+    vocab = logits.shape[-1]
+    flat_logits = logits.reshape(-1, vocab)
+    flat_labels = labels.reshape(-1)
+    flat_bytes = target_bytes.reshape(-1).to(torch.int64)
+    valid = flat_labels != IGNORE_INDEX
+
+    if compact:
+        # Boolean indexing: the host must learn how many rows survive (one sync).
+        rows = valid.nonzero().squeeze(-1)
+        flat_logits = flat_logits.index_select(0, rows)
+        flat_labels = flat_labels.index_select(0, rows)
+        flat_bytes = flat_bytes.index_select(0, rows)
+        valid = torch.ones_like(flat_labels, dtype=torch.bool)
+
+    # The one log-softmax, in float32 whatever the logits' dtype.
+    logp = F.log_softmax(flat_logits.float(), dim=-1)
+
+    # Unscored labels (-100) are replaced by a harmless in-range index for the gather and
+    # zeroed afterwards; torch.where keeps autograd off those rows.
+    safe_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
+    picked = logp.gather(1, safe_labels.unsqueeze(1)).squeeze(1)
+    nll = torch.where(valid, -picked, torch.zeros_like(picked))
+
+    n_tokens = valid.sum()
+    loss = nll.sum() / n_tokens.clamp_min(1)
+
+    entropy = None
+    if with_entropy:
+        entropy = _chunked_entropy(logp.detach(), chunk_size)
+        entropy = torch.where(valid, entropy, torch.zeros_like(entropy))
+
+    return TokenStats(
+        loss=loss,
+        nll=nll,
+        entropy=entropy,
+        target_bytes=torch.where(valid, flat_bytes, torch.zeros_like(flat_bytes)),
+        valid=valid,
+        n_tokens=n_tokens,
+    )
+
+
+@torch.no_grad()
+def _chunked_entropy(logp: Tensor, chunk_size: int) -> Tensor:
+    """Entropy ``-sum_v p_v log p_v`` in nats of each row of a ``[N, V]`` log-probability.
+
+    Processes ``chunk_size`` rows at a time so only chunk-sized temporaries exist. The number
+    of chunks follows from the static shape, so the loop causes no host sync. Log-probs of
+    ``-inf`` (masked vocabulary entries) are clamped so that ``0 * -inf`` does not give NaN.
+    """
+    out = torch.empty(logp.shape[0], dtype=logp.dtype, device=logp.device)
+    floor = torch.finfo(logp.dtype).min
+    for start in range(0, logp.shape[0], chunk_size):
+        block = logp[start : start + chunk_size]
+        safe = block.clamp_min(floor)
+        out[start : start + chunk_size] = -(safe.exp() * safe).sum(-1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _masked(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Detached values with unscored entries zeroed (the metrics never need gradients)."""
+    values = values.detach()
+    if mask is None:
+        return values
+    return torch.where(mask, values, torch.zeros_like(values))
+
+
+def _count(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Number of scored entries: ``mask.sum()`` or all of ``values`` when no mask is given."""
+    if mask is None:
+        return torch.tensor(values.numel(), dtype=torch.int64, device=values.device)
+    return mask.sum().to(torch.int64)
+
+
+class TokenMetric(Metric):
+    """Base of the zoo's language-model metrics: sum states, DDP-reduced by ``"sum"``.
+
+    Subclasses implement :meth:`update_from_stats` so :func:`update_all` can feed a whole
+    collection from one :class:`TokenStats` without knowing which metric wants what.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def update_from_stats(self, stats: TokenStats, n_sequences: int | Tensor | None = None) -> None:
+        """Update this metric from the statistics of one batch."""
+        raise NotImplementedError
+
+
+class BitsPerByte(TokenMetric):
+    """Bits per UTF-8 byte: ``sum(NLL) / (ln 2 * sum(bytes))``, tokenizer-independent.
+
+    A model that receives side information for free (the EACD's compressed vector of
+    ``n_p`` numbers of ``b_p`` bits each) must pay for it to give an honest compression
+    rate: with ``extra_bits_per_sequence = n_p * b_p`` and ``n_sequences`` passed to
+    :meth:`update`, ``compute = (sum(NLL) / ln 2 + extra_bits_per_sequence * n_sequences) /
+    sum(bytes)``. With the default ``0.0`` it is plain BPB.
+
+    Args:
+        extra_bits_per_sequence: bits charged per sequence for side information (>= 0).
+    """
+
+    higher_is_better = False
+
+    nll_sum: Tensor
+    bytes_sum: Tensor
+    sequences: Tensor
+
+    def __init__(self, extra_bits_per_sequence: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        extra = float(extra_bits_per_sequence)
+        if not math.isfinite(extra) or extra < 0:
+            raise ValueError(
+                "extra_bits_per_sequence must be a finite number of bits >= 0 "
+                f"(e.g. n_p * b_p = 64 * 4 = 256), got {extra_bits_per_sequence!r}"
+            )
+        self.extra_bits_per_sequence = extra
+        self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("bytes_sum", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("sequences", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(
+        self,
+        nll: Tensor,
+        target_bytes: Tensor,
+        mask: Tensor | None = None,
+        n_sequences: int | Tensor | None = None,
+    ) -> None:
+        """Accumulate NLL (nats) and byte counts of the scored tokens.
+
+        Args:
+            nll: ``[N]`` per-token NLL in nats.
+            target_bytes: ``[N]`` UTF-8 bytes per target token.
+            mask: optional ``[N]`` bool of scored tokens (entries outside it are ignored).
+            n_sequences: sequences in this batch; required when ``extra_bits_per_sequence``
+                is non-zero, so the side-information cost cannot be forgotten silently.
+        """
+        if nll.shape != target_bytes.shape:
+            raise ValueError(
+                f"nll {tuple(nll.shape)} and target_bytes {tuple(target_bytes.shape)} differ"
+            )
+        if n_sequences is None and self.extra_bits_per_sequence != 0.0:
+            raise ValueError(
+                "BitsPerByte(extra_bits_per_sequence="
+                f"{self.extra_bits_per_sequence}) needs n_sequences in update() to charge "
+                "the side information"
+            )
+        self.nll_sum += _masked(nll, mask).sum(dtype=torch.float64)
+        self.bytes_sum += _masked(target_bytes, mask).sum(dtype=torch.int64)
+        if n_sequences is not None:
+            self.sequences += torch.as_tensor(n_sequences, dtype=torch.int64, device=self.device)
+
+    def update_from_stats(self, stats: TokenStats, n_sequences: int | Tensor | None = None) -> None:
+        """Update from :func:`token_stats` output (``n_sequences`` as in :meth:`update`)."""
+        self.update(stats.nll, stats.target_bytes, mask=stats.valid, n_sequences=n_sequences)
+
+    def compute(self) -> Tensor:
+        """Bits per byte (float64), side-information cost included when configured."""
+        side = self.extra_bits_per_sequence * self.sequences.to(torch.float64)
+        bits = self.nll_sum / LN2 + side
+        return bits / self.bytes_sum
+
+
+class CrossEntropy(TokenMetric):
+    """Mean NLL in nats per scored token (the usual LM "loss"), accumulated exactly."""
+
+    higher_is_better = False
+
+    nll_sum: Tensor
+    tokens: Tensor
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, nll: Tensor, mask: Tensor | None = None) -> None:
+        """Accumulate ``[N]`` per-token NLL in nats (entries outside ``mask`` ignored)."""
+        self.nll_sum += _masked(nll, mask).sum(dtype=torch.float64)
+        self.tokens += _count(nll, mask)
+
+    def update_from_stats(self, stats: TokenStats, n_sequences: int | Tensor | None = None) -> None:
+        """Update from :func:`token_stats` output."""
+        self.update(stats.nll, mask=stats.valid)
+
+    def compute(self) -> Tensor:
+        """Mean NLL, nats per token (float64)."""
+        return self.nll_sum / self.tokens
+
+
+class Perplexity(CrossEntropy):
+    """Perplexity ``exp(mean NLL per token)``, from the NLL the loss already computed.
+
+    Why not ``torchmetrics.text.Perplexity``: it takes ``[B, T, V]`` logits and runs its own
+    softmax over them, a second ``[B, T, V]`` tensor on the largest activation of the model.
+    This one reuses the per-token NLL of :func:`token_stats` and agrees with it.
+    """
+
+    def compute(self) -> Tensor:
+        """``exp`` of the mean NLL per token (float64)."""
+        return torch.exp(super().compute())
+
+
+class PredictiveEntropy(TokenMetric):
+    """Mean entropy of the model's next-token distribution, in bits per token or per byte.
+
+    Compared with :class:`CrossEntropy` it shows calibration: a model whose predictive
+    entropy sits far below its cross-entropy is over-confident. ``unit="byte"`` divides by
+    UTF-8 bytes so it can be set beside BPB.
+
+    Args:
+        unit: ``"token"`` (bits per scored token) or ``"byte"`` (bits per target byte).
+    """
+
+    higher_is_better = None  # neither: it describes the model, it is not a score
+
+    entropy_sum: Tensor
+    tokens: Tensor
+    bytes_sum: Tensor
+
+    def __init__(self, unit: str = "token", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if unit not in ENTROPY_UNITS:
+            raise ValueError(
+                f"unknown entropy unit {unit!r}; allowed: {', '.join(map(repr, ENTROPY_UNITS))}"
+            )
+        self.unit = unit
+        self.add_state("entropy_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("bytes_sum", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(
+        self, entropy: Tensor, target_bytes: Tensor | None = None, mask: Tensor | None = None
+    ) -> None:
+        """Accumulate ``[N]`` entropies in nats; ``target_bytes`` is required for ``unit="byte"``."""
+        if target_bytes is None:
+            if self.unit == "byte":
+                raise ValueError('PredictiveEntropy(unit="byte") needs target_bytes in update()')
+        else:
+            if target_bytes.shape != entropy.shape:
+                raise ValueError(
+                    f"entropy {tuple(entropy.shape)} and target_bytes "
+                    f"{tuple(target_bytes.shape)} differ"
+                )
+            self.bytes_sum += _masked(target_bytes, mask).sum(dtype=torch.int64)
+        self.entropy_sum += _masked(entropy, mask).sum(dtype=torch.float64)
+        self.tokens += _count(entropy, mask)
+
+    def update_from_stats(self, stats: TokenStats, n_sequences: int | Tensor | None = None) -> None:
+        """Update from :func:`token_stats` output (which must have been run with entropy)."""
+        if stats.entropy is None:
+            raise ValueError(
+                "PredictiveEntropy needs TokenStats.entropy: call token_stats(..., with_entropy=True)"
+            )
+        self.update(stats.entropy, stats.target_bytes, mask=stats.valid)
+
+    def compute(self) -> Tensor:
+        """Mean predictive entropy in bits per token or per byte (float64)."""
+        denominator = self.tokens if self.unit == "token" else self.bytes_sum
+        return self.entropy_sum / LN2 / denominator
+
+
+# --------------------------------------------------------------------------------------------
+# Collections
+# --------------------------------------------------------------------------------------------
+
+
+def language_metrics(
+    prefix: str = "",
+    extra_bits_per_sequence: float = 0.0,
+    with_entropy: bool = True,
+) -> MetricCollection:
+    """The standard metric set of a language model, keyed ``prefix + name``.
+
+    Names: ``bpb``, ``ce`` (nats/token), ``ppl``, and with ``with_entropy`` also
+    ``entropy`` (bits/token) and ``entropy_bpb`` (bits/byte). With
+    ``extra_bits_per_sequence > 0`` (a model given side information) ``bpb`` stays the plain
+    value and ``bpb_with_side_info`` adds the side information's cost, so both are reported
+    and their names say which is which.
+
+    Compute groups are off: every metric keeps its own state, so each can be logged on its
+    own with ``self.log(name, metric)``. Feed the collection with :func:`update_all`.
+    """
+    metrics: dict[str, Metric] = {
+        "bpb": BitsPerByte(),
+        "ce": CrossEntropy(),
+        "ppl": Perplexity(),
+    }
+    if extra_bits_per_sequence:
+        metrics["bpb_with_side_info"] = BitsPerByte(extra_bits_per_sequence)
+    if with_entropy:
+        metrics["entropy"] = PredictiveEntropy("token")
+        metrics["entropy_bpb"] = PredictiveEntropy("byte")
+    return MetricCollection(metrics, prefix=prefix or None, compute_groups=False)
+
+
+def update_all(
+    metrics: Mapping[str, Metric] | MetricCollection,
+    stats: TokenStats,
+    n_sequences: int | Tensor | None = None,
+) -> None:
+    """Update every zoo metric in ``metrics`` from one :class:`TokenStats`.
+
+    ``n_sequences`` (sequences in the batch) is used by :class:`BitsPerByte` metrics that
+    charge side information. Raises TypeError for a metric that is not a :class:`TokenMetric`.
+    """
+    for name, metric in metrics.items():
+        if not isinstance(metric, TokenMetric):
+            raise TypeError(
+                f"metric {name!r} ({type(metric).__name__}) cannot be fed from TokenStats; "
+                "update it yourself"
+            )
+        metric.update_from_stats(stats, n_sequences=n_sequences)

@@ -1,0 +1,45 @@
+"""Plain ``nn.Module`` language models (no Lightning). Every model maps
+``(input_ids [B, T], attention_mask [B, T]) -> logits [B, T, V]``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from zoo.errors import ZooError, did_you_mean, unknown
+from zoo.models.llama import CausalTransformer
+
+#: family name -> constructor taking (vocab_size, n_ctx, **sizes)
+FAMILIES: dict[str, Callable[..., nn.Module]] = {
+    "llama": CausalTransformer,
+}
+
+
+def list_families() -> list[str]:
+    """Names accepted as ``model.family``."""
+    return sorted(FAMILIES)
+
+
+def build_model(cfg: Mapping[str, Any], vocab_size: int, n_ctx: int) -> nn.Module:
+    """Build the model a ``model:`` config section describes."""
+    cfg = dict(cfg)
+    family = cfg.pop("family", None)
+    if family not in FAMILIES:
+        raise unknown("model family", str(family), FAMILIES)
+    try:
+        return FAMILIES[family](vocab_size=vocab_size, n_ctx=n_ctx, **cfg)
+    except TypeError as e:  # unknown keyword: name it and list what the family takes
+        import inspect
+
+        params = [p for p in inspect.signature(FAMILIES[family]).parameters if p not in ("vocab_size", "n_ctx")]
+        bad = next((k for k in cfg if k not in params), None)
+        if bad is None:
+            raise
+        raise ZooError(
+            f"model.{bad} is not an option of family '{family}'{did_you_mean(bad, params)}; "
+            f"options: {', '.join(params)}"
+        ) from e
+    except ValueError as e:
+        raise ZooError(f"bad model config for family '{family}': {e}") from e
