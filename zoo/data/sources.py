@@ -128,6 +128,8 @@ class Source(abc.ABC):
                 f"(got {self.val_fraction} + {self.test_fraction}); nothing would be left to train on"
             )
         self.split_salt = _string(name, options, "split_salt")
+        # 0 and 0.0 must give the same fingerprint
+        self.options.update(val_fraction=self.val_fraction, test_fraction=self.test_fraction)
         self._split_cache: dict[str, list[str]] | None = None
 
     # -- for subclasses
