@@ -10,6 +10,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hub_schemas import finemath_table, fineweb_edu_table, words
 
 from zoo.data.sources import SPLITS, Source, build_source, list_sources, split_of
 from zoo.errors import ZooError
@@ -203,10 +204,6 @@ def test_shards_partition_split(count: int, embedded: dict[str, Source]) -> None
 # -- local files ------------------------------------------------------------------------------
 
 
-def words(i: int) -> str:
-    return f"Document {i} talks about topic {i * 7 % 13} at some length, sentence after sentence."
-
-
 def write_jsonl(path, records) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
@@ -340,51 +337,6 @@ def test_files_bad_json_and_corrupt_parquet(tmp_path) -> None:
 
 
 # -- hub sources on local parquet (same code path as the hub) ---------------------------------
-
-
-def fineweb_edu_table(start: int, n: int) -> pa.Table:
-    """Rows with FineWeb-edu's columns and types."""
-    ids = range(start, start + n)
-    return pa.table(
-        {
-            "text": [words(i) for i in ids],
-            "id": [f"<urn:uuid:{i:08x}-0000-0000-0000-000000000000>" for i in ids],
-            "dump": ["CC-MAIN-2024-10"] * n,
-            "url": [f"https://example.org/page/{i}" for i in ids],
-            "file_path": ["s3://commoncrawl/crawl-data/CC-MAIN-2024-10/segments/x.warc.gz"] * n,
-            "language": ["en"] * n,
-            "language_score": pa.array([0.9 + (i % 10) / 100 for i in ids], pa.float64()),
-            "token_count": pa.array([17] * n, pa.int64()),
-            "score": pa.array([3.0 + (i % 20) / 10 for i in ids], pa.float64()),
-            "int_score": pa.array([3 + (i % 3) for i in ids], pa.int64()),
-        }
-    )
-
-
-def finemath_table(start: int, n: int) -> pa.Table:
-    """Rows with FineMath's columns and types."""
-    ids = range(start, start + n)
-    texts = [f"Solve $x^2 = {i}$. Then $x = \\pm\\sqrt{{{i}}}$, problem {i}." for i in ids]
-    return pa.table(
-        {
-            "url": [f"https://math.example.org/{i}" for i in ids],
-            "fetch_time": pa.array([1_700_000_000_000 + i for i in ids], pa.int64()),
-            "content_mime_type": ["text/html"] * n,
-            "warc_filename": ["crawl-data/CC-MAIN-2023-50/segments/y.warc.gz"] * n,
-            "warc_record_offset": pa.array([1000 * i for i in ids], pa.int32()),
-            "warc_record_length": pa.array([5000] * n, pa.int32()),
-            "text": texts,
-            "token_count": pa.array([len(t) // 4 for t in texts], pa.int32()),
-            "char_count": pa.array([len(t) for t in texts], pa.int32()),
-            "metadata": ['{"extraction_info": {}}'] * n,
-            "score": pa.array([4.5] * n, pa.float64()),
-            "int_score": pa.array([4] * n, pa.int64()),
-            "crawl": ["CC-MAIN-2023-50"] * n,
-            "snapshot_type": ["latest"] * n,
-            "language": ["en"] * n,
-            "language_score": pa.array([0.95] * n, pa.float64()),
-        }
-    )
 
 
 @pytest.mark.parametrize(

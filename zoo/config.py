@@ -69,7 +69,8 @@ def compose(recipe: str, overrides: Sequence[str] = ()) -> DictConfig:
         try:
             return hydra_compose(config_name=recipe, overrides=list(overrides))
         except HydraException as e:
-            raise explain(e, recipe) from None
+            error = e
+    raise explain(error, recipe) from None  # outside the Hydra context: explain() composes too
 
 
 def explain(error: Exception, recipe: str) -> ZooError:
@@ -98,3 +99,39 @@ def explain(error: Exception, recipe: str) -> ZooError:
             f"To add a new key on purpose, write +{key}=VALUE"
         )
     return ZooError(f"bad override for recipe '{recipe}': {msg}")
+
+
+#: keys whose value may legitimately change type from the recipe's default
+LOOSE_KEYS = frozenset({"trainer.devices", "trainer.val_check_interval", "trainer.precision"})
+
+
+def check_types(default: DictConfig, given: DictConfig, prefix: str = "") -> None:
+    """Raise a :class:`ZooError` where an override's type does not fit the recipe's value.
+
+    A number must stay a number (an int may become a float), a bool a bool, a list a list
+    and a section a section; keys whose default is null accept anything.
+    """
+    for key in given:
+        path = f"{prefix}{key}"
+        if key not in default or path in LOOSE_KEYS:
+            continue
+        old = OmegaConf.select(default, str(key), throw_on_missing=False)
+        new = OmegaConf.select(given, str(key), throw_on_missing=False)
+        if old is None or new is None or OmegaConf.is_missing(default, key):
+            continue
+        if isinstance(old, DictConfig):
+            if not isinstance(new, DictConfig):
+                raise ZooError(f"{path} is a config section; got the value {new!r}")
+            check_types(old, new, f"{path}.")
+            continue
+        if isinstance(old, bool):
+            ok = isinstance(new, bool)
+        elif isinstance(old, int | float):
+            ok = isinstance(new, int | float) and not isinstance(new, bool)
+        elif OmegaConf.is_list(old):
+            ok = OmegaConf.is_list(new)
+        else:
+            ok = True
+        if not ok:
+            kind = "a list" if OmegaConf.is_list(old) else {"bool": "true or false", "int": "a number", "float": "a number"}.get(type(old).__name__, type(old).__name__)
+            raise ZooError(f"{path} must be {kind} (like {old!r}); got {new!r}")

@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         bad = [a for a in argv if "=" not in a]
         if bad:
             raise ZooError(f"arguments are key=value; got {bad[0]!r}")
-        group = next((a.split("=", 1)[1] for a in argv if a.startswith("data=")), None)
+        raw = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv}  # strings kept as typed
+        group = raw.get("data")
         args = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in argv if not a.startswith("data=")]))
         assert isinstance(args, dict)
         for key in args:
@@ -146,13 +147,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             data.update(yaml.safe_load((recipes_dir() / "data" / f"{group}.yaml").read_text()))
         data.update(args.get("data") or {})
         row = evaluate(
-            args["checkpoint"], split=str(args.get("split", "val")), data=data,
+            raw["checkpoint"], split=str(args.get("split", "val")), data=data,
             max_batches=args.get("max_batches"), accelerator=str(args.get("accelerator", "auto")),
         )
     except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    out = args.get("json")
+    out = raw.get("json")
     if out == "-":
         print(json.dumps(row, indent=1))
         return

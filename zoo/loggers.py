@@ -77,8 +77,8 @@ def build_logger(cfg: Mapping[str, Any], run_dir: Path, name: str, config: Mappi
             settings=wandb.Settings(init_timeout=60, x_disable_stats=True),
         )
         try:
-            logger.experiment  # start the run now, so a network failure is caught here
-        except Exception as e:  # noqa: BLE001 - any failure to reach W&B must not stop training
+            _ = logger.experiment  # start the run now, so a network failure is caught here
+        except Exception as e:  # any failure to reach W&B must not stop training
             if mode != "online":
                 raise
             log.warning("W&B online run failed to start (%s); logging offline instead", e)

@@ -1,0 +1,190 @@
+"""One training run: data, model, logger, checkpoints, Trainer, final report and export.
+
+:func:`train` is what ``python -m zoo.fit`` runs once Hydra has composed the recipe; tests
+and notebooks call it directly with a config from :func:`zoo.config.compose`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.compression import compressed_bits_per_byte
+from zoo.data.datamodule import TextDataModule
+from zoo.errors import ZooError, did_you_mean
+from zoo.lit.language_model import LanguageModelTask
+from zoo.loggers import build_logger
+from zoo.pretrained import load_pretrained, read_checkpoint, save_pretrained
+
+log = logging.getLogger("zoo.fit")
+
+
+class ZooMetadata(Callback):
+    """Stores the run's resolved config and tokenizer inside every ``.ckpt``, so a checkpoint
+    alone is enough to evaluate or export the model."""
+
+    def __init__(self, config: Mapping[str, Any], tokenizer_json: str) -> None:
+        self.config, self.tokenizer_json = dict(config), tokenizer_json
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["zoo"] = {"config": self.config, "tokenizer": self.tokenizer_json}
+
+
+def build_trainer(trainer_cfg: Mapping[str, Any], **extra: Any) -> L.Trainer:
+    """``L.Trainer(**trainer_cfg, **extra)`` with a clear error for keys it does not take."""
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in trainer_cfg:
+        if key not in allowed:
+            raise ZooError(
+                f"trainer.{key} is not a Lightning Trainer argument{did_you_mean(key, allowed)}"
+            )
+    try:
+        return L.Trainer(**trainer_cfg, **extra)
+    except (ValueError, TypeError, MisconfigurationException) as e:  # Lightning's message is clear
+        raise ZooError(f"invalid trainer configuration: {e}") from e
+
+
+def init_weights_from(task: LanguageModelTask, source: str) -> None:
+    """Copy weights from a zoo ``.ckpt`` or exported model folder into ``task.model``."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        model, _, _ = load_pretrained(path)
+        state = model.state_dict()
+    else:
+        ckpt = read_checkpoint(path)
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        task.model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ZooError(f"init_from={source}: weights do not fit this model ({str(e).splitlines()[0]})") from e
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train, checkpoint, report and export one run; returns the final report."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config["seed"], workers=True)
+
+    data_cfg = dict(config["data"])
+    dm = TextDataModule(seed=config["seed"], **data_cfg)
+    dm.prepare_data()
+    task = LanguageModelTask(
+        model=config["model"], vocab_size=dm.vocab_size, n_ctx=dm.n_ctx, optim=config["optim"]
+    )
+    if config.get("init_from"):
+        init_weights_from(task, config["init_from"])
+    n_params = sum(p.numel() for p in task.model.parameters())
+    n_train = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
+    rank_zero_info(f"model: {config['model'].get('family')} — {n_params:,} parameters ({n_train:,} trainable)")
+    rank_zero_info("data:\n" + dm.describe())
+
+    logger = build_logger(config["logger"], run_dir, config["name"], config)
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best-{step}", monitor="val/bpb", mode="min", save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="step-{step}", save_top_k=0, save_last=True,
+        every_n_train_steps=config["checkpoint"]["every_n_train_steps"],
+    )
+    callbacks: list[Callback] = [best, last, ZooMetadata(config, dm.tokenizer.backend_tokenizer.to_str())]
+    if logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer_cfg = dict(config["trainer"])
+    vci, max_steps = trainer_cfg.get("val_check_interval"), trainer_cfg.get("max_steps", -1)
+    if isinstance(vci, int) and 0 < max_steps < vci:  # validate (and keep a best checkpoint) at least once
+        trainer_cfg["val_check_interval"] = max_steps
+    trainer = build_trainer(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+
+    trainer.fit(task, datamodule=dm, ckpt_path=resume_path(config.get("resume"), ckpt_dir))
+
+    # final report: the best checkpoint (by val BPB) on train (capped to val's size), val, test
+    splits = list(config["report"]["splits"])
+    task.report_stages = [f"report_{s}" for s in splits]
+    n_val = len(dm.dataset("val"))
+    loaders = [dm.eval_dataloader(s, max_samples=n_val if s == "train" else None) for s in splits]
+    results = trainer.test(task, dataloaders=loaders, ckpt_path=best.best_model_path or None, verbose=False)
+    merged: dict[str, float] = {}
+    for r in results:
+        merged.update({k: float(v) for k, v in r.items()})
+    report = build_report(dm, splits, merged, config["report"]["compressors"], n_val)
+    report["best_checkpoint"] = best.best_model_path
+    report["run_dir"] = str(run_dir)
+    if trainer.is_global_zero:
+        (run_dir / "report.json").write_text(json.dumps(report, indent=1))
+        spec = {"model": config["model"], "vocab_size": dm.vocab_size, "n_ctx": dm.n_ctx,
+                "layout": dm.layout, "run": config}
+        save_pretrained(task.model, dm.tokenizer, spec, run_dir / "model", metrics=report)
+        print(format_report(report))
+    return report
+
+
+def build_report(dm: TextDataModule, splits: Sequence[str], metrics: Mapping[str, float],
+                 compressors: Sequence[str], n_train_samples: int) -> dict[str, Any]:
+    """Per split: the model's metrics and the classical compressors' BPB on the same text."""
+    out: dict[str, Any] = {"splits": {}}
+    val_bytes = dm.split_bytes("val")
+    for s in splits:
+        row = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith(f"final/{s}/")}
+        text = dm.split_text(s, max_bytes=val_bytes if s == "train" else None)
+        row["text_bytes"] = len(text)
+        for c in compressors:
+            row[c] = compressed_bits_per_byte(text, c)
+        out["splits"][s] = row
+    return out
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The final table: model BPB beside the compressors on each split."""
+    rows = report["splits"]
+    comp = [c for c in ("gzip", "bz2", "xz") if any(c in r for r in rows.values())]
+    head = f"{'split':6s} {'BPB':>7s} {'CE nats':>8s} {'PPL':>8s} {'H bits':>7s} " + " ".join(
+        f"{c + ' -9':>8s}" for c in comp
+    )
+    lines = ["", "bits per byte (model vs classical compressors on the same text)", head, "-" * len(head)]
+    for split, r in rows.items():
+        lines.append(
+            f"{split:6s} {r.get('bpb', float('nan')):7.4f} {r.get('ce', float('nan')):8.4f} "
+            f"{r.get('ppl', float('nan')):8.2f} {r.get('entropy', float('nan')):7.3f} "
+            + " ".join(f"{r[c]:8.4f}" for c in comp)
+        )
+    if "val" in rows and "xz" in rows["val"]:
+        v = rows["val"]
+        lines.append(f"\nval BPB {v.get('bpb', float('nan')):.4f}  vs  xz -9 {v['xz']:.4f}")
+    lines.append(f"run folder: {report.get('run_dir')}")
+    return "\n".join(lines)
+
+
+def resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
+    """The checkpoint ``resume=`` points to: ``auto`` finds this run's ``last.ckpt``."""
+    if not resume:
+        return None
+    if resume == "auto":
+        last = ckpt_dir / "last.ckpt"
+        if last.is_file():
+            rank_zero_info(f"resuming from {last}")
+            return str(last)
+        rank_zero_info("resume=auto: no checkpoint of an earlier run found; starting fresh")
+        return None
+    path = Path(resume).expanduser()
+    if not path.is_file():
+        raise ZooError(f"resume={resume}: no such checkpoint file")
+    read_checkpoint(path)  # refuse unsafe or foreign checkpoints before Lightning opens them
+    return str(path)
+
+
+@rank_zero_only
+def rank_zero_info(msg: str) -> None:
+    log.info(msg)
