@@ -1,5 +1,10 @@
 """Plain ``nn.Module`` language models (no Lightning). Every model maps
-``(input_ids [B, T], attention_mask [B, T]) -> logits [B, T, V]``."""
+``(input_ids [B, T], attention_mask [B, T]) -> logits [B, T, V]``.
+
+Families: ``llama`` (baseline causal transformer), ``mixer`` (masked-mixer causal LM),
+``eacd`` (encoder-augmented causal decoder; it also takes ``targets=`` and declares
+``needs_targets`` and ``side_bits_per_sequence``). Shared blocks live in
+:mod:`zoo.models.blocks`."""
 
 from __future__ import annotations
 
@@ -9,11 +14,15 @@ from typing import Any
 from torch import nn
 
 from zoo.errors import ZooError, did_you_mean, unknown
+from zoo.models.eacd import EncoderAugmentedDecoder
 from zoo.models.llama import CausalTransformer
+from zoo.models.mixer import MaskedMixerLM
 
 #: family name -> constructor taking (vocab_size, n_ctx, **sizes)
 FAMILIES: dict[str, Callable[..., nn.Module]] = {
     "llama": CausalTransformer,
+    "mixer": MaskedMixerLM,
+    "eacd": EncoderAugmentedDecoder,
 }
 
 

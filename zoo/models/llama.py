@@ -13,6 +13,51 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
+def llama_config(
+    vocab_size: int,
+    n_ctx: int,
+    d_model: int,
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int | None = None,
+    d_ff: int | None = None,
+    rope_theta: float = 10000.0,
+    dropout: float = 0.0,
+    tie_embeddings: bool = False,
+    init_std: float = 0.02,
+) -> LlamaConfig:
+    """The ``LlamaConfig`` every Llama-based model of the zoo is built from (no hub).
+
+    One place for the zoo's conventions (pad id 1, end-of-text id 0, no BOS, no KV cache),
+    shared by :class:`CausalTransformer` and :class:`zoo.models.blocks.LlamaStack`.
+    ``d_ff`` defaults to Llama's 8/3 × ``d_model`` rounded to a multiple of 64.
+
+    Raises:
+        ValueError: when ``d_model`` is not divisible by ``n_heads``.
+    """
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+    if d_ff is None:
+        d_ff = 64 * round(4 * d_model * 2 / 3 / 64)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=d_ff,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads or n_heads,
+        max_position_embeddings=n_ctx,
+        rope_theta=rope_theta,
+        attention_dropout=dropout,
+        tie_word_embeddings=tie_embeddings,
+        initializer_range=init_std,
+        use_cache=False,
+        bos_token_id=None,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
+
+
 class CausalTransformer(nn.Module):
     """A decoder-only transformer (RMSNorm, RoPE, SwiGLU, grouped-query attention).
 
@@ -43,26 +88,10 @@ class CausalTransformer(nn.Module):
         init_std: float = 0.02,
     ) -> None:
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-        if d_ff is None:
-            d_ff = 64 * round(4 * d_model * 2 / 3 / 64)
-        self.config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=d_model,
-            intermediate_size=d_ff,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=n_kv_heads or n_heads,
-            max_position_embeddings=n_ctx,
-            rope_theta=rope_theta,
-            attention_dropout=dropout,
-            tie_word_embeddings=tie_embeddings,
-            initializer_range=init_std,
-            use_cache=False,
-            bos_token_id=None,
-            eos_token_id=0,
-            pad_token_id=1,
+        self.config = llama_config(
+            vocab_size=vocab_size, n_ctx=n_ctx, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+            n_kv_heads=n_kv_heads, d_ff=d_ff, rope_theta=rope_theta, dropout=dropout,
+            tie_embeddings=tie_embeddings, init_std=init_std,
         )
         self.hf = LlamaForCausalLM(self.config)
         self.n_ctx = n_ctx

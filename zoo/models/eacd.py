@@ -1,0 +1,167 @@
+"""Encoder-augmented causal decoder (EACD) of "Know Your Limits" (arXiv 2511.10618).
+
+An *oracle* encoder reads the very tokens the decoder is asked to predict, squeezes the
+sequence into one small vector (the encoder's hidden state at the last real position,
+projected down by ``compression``), and a causal decoder predicts the sequence given that
+vector. The model is an entropy estimator / compressor, not a generator: its cross-entropy
+is only an honest compression rate once the vector's own cost, ``d_c × vector_bits`` bits
+per sequence (:attr:`EncoderAugmentedDecoder.side_bits_per_sequence`), is added to it. The
+zoo's training task does that for the headline bits per byte.
+
+Both halves are the zoo's shared stacks (:mod:`zoo.models.blocks`): a causal masked mixer or
+a Llama stack, each described by a small dict.
+
+Injection of the vector into the decoder (``injection``):
+
+* ``"token"`` — ``up = Linear(d_c, d_dec)`` maps it to one extra decoder position placed
+  immediately before the row's first real token (index ``n_pad`` of a left-padded row,
+  0 otherwise). The decoder sees ``T + 1`` positions (its ``n_ctx`` is ``n_ctx + 1``); pads
+  stay masked; logits come from the ``T`` positions after the vector token. A padded row and
+  its unpadded copy see identical decoder inputs. The paper maps ``d_c → d_enc → d_dec``
+  with two Linears; with no nonlinearity between them that is one linear map of rank
+  ``<= d_c``, so a single ``Linear(d_c, d_dec)`` spans the same functions with fewer weights.
+* ``"embedding"`` — the vector is concatenated to every token embedding along the hidden
+  dimension: token embeddings are ``d_dec`` wide, the decoder ``d_dec + d_c``.
+* ``"additive"`` — ``up = Linear(d_c, d_dec)`` and the result is added to every token
+  embedding.
+
+Reported in the paper: mixer decoders do a little better with ``embedding``, transformer
+decoders with ``token``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.blocks import build_stack
+
+INJECTIONS = ("token", "embedding", "additive")
+IGNORE_INDEX = -100
+
+
+def first_valid(mask: Tensor) -> Tensor:
+    """Index ``[B]`` of each row's first real position (0 for a row with none)."""
+    return mask.to(torch.int32).argmax(-1)
+
+
+def last_valid(mask: Tensor) -> Tensor:
+    """Index ``[B]`` of each row's last real position (0 for a row with none)."""
+    positions = torch.arange(1, mask.shape[-1] + 1, device=mask.device)
+    return ((mask != 0) * positions).argmax(-1)
+
+
+class EncoderAugmentedDecoder(nn.Module):
+    """An oracle encoder compresses the sequence to ``d_c`` numbers; a causal decoder predicts it.
+
+    Args:
+        vocab_size: tokens in the vocabulary.
+        n_ctx: tokens per sample (the decoder's stack gets ``n_ctx + 1`` positions with
+            ``injection="token"``).
+        encoder, decoder: ``{kind: mixer|llama, d_model, n_layers, ...}`` — Llama stacks take
+            ``n_heads`` (and ``n_kv_heads``, ``d_ff``, ...), mixers ``kernel`` and ``heads``.
+        compression: ``d_c = encoder d_model // compression`` numbers in the vector.
+        injection: ``token``, ``embedding`` or ``additive`` (module docstring).
+        vector_bits: bits per number of the vector, for :attr:`side_bits_per_sequence`
+            (32 for the float32 vector as trained; less once it is quantised).
+        pad_id: token id the encoder reads at unscored positions (masked out anyway).
+
+    Attributes:
+        side_bits_per_sequence: ``d_c × vector_bits``, the bits the decoder gets for free
+            per sequence (n_p × b_p in the paper); an honest BPB adds them.
+        needs_targets: True: :meth:`forward` wants the batch's labels (the encoder's input).
+    """
+
+    needs_targets: bool = True
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_ctx: int,
+        encoder: Mapping[str, Any],
+        decoder: Mapping[str, Any],
+        compression: int = 4,
+        injection: str = "token",
+        vector_bits: int = 32,
+        pad_id: int = 1,
+    ) -> None:
+        super().__init__()
+        if injection not in INJECTIONS:
+            raise ValueError(f"injection must be one of {', '.join(INJECTIONS)}; got {injection!r}")
+        encoder, decoder = dict(encoder), dict(decoder)
+        for name, spec in (("encoder", encoder), ("decoder", decoder)):
+            if "d_model" not in spec:
+                raise ValueError(f"{name} needs d_model (and kind, n_layers)")
+        d_enc, d_dec = int(encoder["d_model"]), int(decoder["d_model"])
+        if compression < 1 or d_enc % compression:
+            raise ValueError(f"encoder d_model={d_enc} is not divisible by compression={compression}")
+        if vector_bits <= 0:
+            raise ValueError(f"vector_bits must be positive, got {vector_bits}")
+        self.n_ctx, self.injection, self.pad_id = n_ctx, injection, pad_id
+        self.d_c = d_enc // compression
+        self.side_bits_per_sequence = float(self.d_c * vector_bits)
+
+        self.enc_embed = nn.Embedding(vocab_size, d_enc)
+        self.encoder = build_stack(encoder, n_ctx)
+        self.down = nn.Linear(d_enc, self.d_c)
+
+        self.dec_embed = nn.Embedding(vocab_size, d_dec)
+        width = d_dec + self.d_c if injection == "embedding" else d_dec
+        if injection in ("token", "additive"):
+            self.up = nn.Linear(self.d_c, d_dec)
+        self.decoder = build_stack(decoder, n_ctx + 1 if injection == "token" else n_ctx, width=width)
+        self.head = nn.Linear(width, vocab_size, bias=False)
+        for emb in (self.enc_embed, self.dec_embed):
+            nn.init.normal_(emb.weight, std=0.02)
+
+    # ------------------------------------------------------------------ halves
+    def encode(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The compressed vector ``[B, d_c]``: encoder state at each row's last real position.
+
+        ``mask`` ``[B, T]`` marks real tokens (1) and pads (0); left-padded rows read the last
+        position, right-padded rows (a packed split's final window) their last real one.
+        """
+        hidden = self.encoder(self.enc_embed(tokens), mask)
+        if mask is None:
+            last = torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
+        else:
+            last = last_valid(mask)
+        return self.down(hidden[torch.arange(tokens.shape[0], device=tokens.device), last])
+
+    def decode(self, input_ids: Tensor, attention_mask: Tensor | None, vector: Tensor) -> Tensor:
+        """Next-token logits ``[B, T, V]`` of ``input_ids`` given the vector ``[B, d_c]``."""
+        B, T = input_ids.shape
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.dtype)
+        x = self.dec_embed(input_ids)
+        if self.injection == "embedding":
+            x = torch.cat([x, vector[:, None, :].expand(B, T, self.d_c).to(x.dtype)], dim=-1)
+            return self.head(self.decoder(x, mask))
+        if self.injection == "additive":
+            return self.head(self.decoder(x + self.up(vector)[:, None, :], mask))
+        # token: insert the vector as one position right before each row's first real token
+        first = first_valid(mask)[:, None]  # [B, 1]
+        j = torch.arange(T + 1, device=input_ids.device)[None, :]  # decoder positions
+        is_vector = j == first
+        src = (j - (j > first).long()).clamp(max=T - 1)  # token each decoder position copies
+        tokens = x.gather(1, src[:, :, None].expand(B, T + 1, x.shape[-1]))
+        seq = torch.where(is_vector[:, :, None], self.up(vector)[:, None, :].to(x.dtype), tokens)
+        seq_mask = torch.where(is_vector, torch.ones_like(src), mask.gather(1, src))
+        hidden = self.decoder(seq, seq_mask)
+        # input token t sits at decoder position t + 1 for t >= first; earlier ones are pads
+        return self.head(hidden[:, 1:])
+
+    # ------------------------------------------------------------------ model call
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, targets: Tensor | None = None
+    ) -> Tensor:
+        """Logits ``[B, T, V]``. The encoder reads ``targets`` (the batch's labels: the tokens
+        the decoder predicts; ``-100`` = nothing there) or, without them, ``input_ids``."""
+        if targets is not None:
+            enc_mask = targets != IGNORE_INDEX
+            enc_tokens = targets.masked_fill(~enc_mask, self.pad_id)
+        else:
+            enc_tokens, enc_mask = input_ids, attention_mask
+        return self.decode(input_ids, attention_mask, self.encode(enc_tokens, enc_mask))

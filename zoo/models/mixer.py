@@ -1,0 +1,56 @@
+"""Masked-mixer causal LM: a transformer whose attention is replaced by masked token mixing.
+
+From "Know Your Limits" (Badger & Neligeorge, arXiv 2511.10618) and the masked-mixer work it
+builds on: each block mixes token positions with a learned, causally masked ``n_ctx × n_ctx``
+convolution (:class:`zoo.models.blocks.MaskedTokenMixer`) instead of attention; there is no
+positional encoding. The blocks are the zoo's shared :class:`zoo.models.blocks.MixerStack`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.blocks import MixerStack
+
+
+class MaskedMixerLM(nn.Module):
+    """Token embedding → :class:`MixerStack` → linear head. ``model(ids, mask) -> logits``.
+
+    Args:
+        vocab_size: tokens in the vocabulary.
+        n_ctx: longest context (the mixers' number of positions).
+        d_model: hidden width; ``n_layers`` mixer blocks.
+        kernel: odd kernel size of the mixing convolution along the hidden dimension.
+        heads: mixing heads (multi-head form when > 1).
+        tie_embeddings: share the embedding matrix with the output head.
+        init_std: standard deviation of the embedding (and tied head) initialisation.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_ctx: int,
+        d_model: int = 256,
+        n_layers: int = 4,
+        kernel: int = 1,
+        heads: int = 1,
+        tie_embeddings: bool = False,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.n_ctx = n_ctx
+        self.embed = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embed.weight, std=init_std)
+        self.stack = MixerStack(n_ctx, d_model, n_layers, kernel=kernel, heads=heads)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        if tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> torch.Tensor:
+        """Next-token logits ``[B, T, V]`` for ``input_ids`` ``[B, T]`` (``T <= n_ctx``).
+
+        ``attention_mask`` (1 = token, 0 = pad) keeps pads from contributing to real tokens;
+        positions are right-aligned, so a left-padded row scores like its unpadded copy.
+        """
+        return self.head(self.stack(self.embed(input_ids), attention_mask))
