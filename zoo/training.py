@@ -10,6 +10,7 @@ import inspect
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.callbacks import AtomicCheckpointIO, NonFiniteGuard, RNGState, SaveOnInterrupt
 from zoo.compression import compressed_bits_per_byte
 from zoo.data.datamodule import TextDataModule
 from zoo.errors import ZooError, did_you_mean
@@ -95,27 +97,37 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         dirpath=ckpt_dir, filename="best-{step}", monitor="val/bpb", mode="min", save_top_k=1,
         auto_insert_metric_name=False,
     )
-    last = ModelCheckpoint(
+    ck = config["checkpoint"]
+    minutes = ck.get("every_n_minutes")
+    last = ModelCheckpoint(  # last.ckpt, every N steps or minutes: at most that much work is lost
         dirpath=ckpt_dir, filename="step-{step}", save_top_k=0, save_last=True,
-        every_n_train_steps=config["checkpoint"]["every_n_train_steps"],
+        every_n_train_steps=None if minutes else ck["every_n_train_steps"],
+        train_time_interval=timedelta(minutes=minutes) if minutes else None,
     )
-    callbacks: list[Callback] = [best, last, ZooMetadata(config, dm.tokenizer.backend_tokenizer.to_str())]
+    callbacks: list[Callback] = [
+        best, last, ZooMetadata(config, dm.tokenizer.backend_tokenizer.to_str()), RNGState(),
+        SaveOnInterrupt(ckpt_dir / "last.ckpt"), NonFiniteGuard(config.get("nonfinite", "stop")),
+    ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer_cfg = dict(config["trainer"])
     vci, max_steps = trainer_cfg.get("val_check_interval"), trainer_cfg.get("max_steps", -1)
     if isinstance(vci, int) and 0 < max_steps < vci:  # validate (and keep a best checkpoint) at least once
         trainer_cfg["val_check_interval"] = max_steps
-    trainer = build_trainer(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    trainer = build_trainer(
+        trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]
+    )
 
-    trainer.fit(task, datamodule=dm, ckpt_path=resume_path(config.get("resume"), ckpt_dir))
+    trainer.fit(task, datamodule=dm, ckpt_path=resume_path(config.get("resume"), ckpt_dir), weights_only=True)
 
     # final report: the best checkpoint (by val BPB) on train (capped to val's size), val, test
     splits = list(config["report"]["splits"])
     task.report_stages = [f"report_{s}" for s in splits]
     n_val = len(dm.dataset("val"))
     loaders = [dm.eval_dataloader(s, max_samples=n_val if s == "train" else None) for s in splits]
-    results = trainer.test(task, dataloaders=loaders, ckpt_path=best.best_model_path or None, verbose=False)
+    results = []
+    if loaders:
+        results = trainer.test(task, dataloaders=loaders, ckpt_path=best.best_model_path or None, verbose=False)
     merged: dict[str, float] = {}
     for r in results:
         merged.update({k: float(v) for k, v in r.items()})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
 from zoo.data import cache
@@ -36,6 +38,7 @@ from zoo.data.tokenizer import (
 from zoo.errors import ZooError
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata calls a deprecated torch API
 
 
 def _interleave(sources: Sequence[Source], split: str):
@@ -191,7 +194,9 @@ class TextDataModule(L.LightningDataModule):
         if max_samples is not None and max_samples < len(ds):  # a seeded, fixed subset
             keep = np.random.default_rng(self.seed).choice(len(ds), size=max_samples, replace=False)
             ds = Subset(ds, np.sort(keep).tolist())
-        return DataLoader(
+        # StatefulDataLoader remembers its position in the epoch; Lightning stores it in every
+        # checkpoint, so a resumed run continues mid-epoch with the very next batch.
+        return StatefulDataLoader(
             ds,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,

@@ -1,0 +1,137 @@
+"""Lightning callbacks and plugins that keep training runs safe to kill and honest about NaNs.
+
+* :class:`RNGState` puts the Python, NumPy and torch random states into every checkpoint,
+  so a resumed run draws the same numbers as an uninterrupted one.
+* :class:`SaveOnInterrupt` writes ``last.ckpt`` when the run is stopped by SIGTERM
+  (preemption, ``kill``) or SIGINT (Ctrl-C), then lets Lightning exit.
+* :class:`NonFiniteGuard` checks the loss and the gradient norm after every backward pass
+  and either stops (naming the step and the tensor) or skips the optimizer step.
+* :class:`AtomicCheckpointIO` writes checkpoints to a temporary file and renames it into
+  place, so a kill during a write never leaves a half-written ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from zoo.errors import ZooError, unknown
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` that writes ``path.tmp`` and renames it over ``path``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class RNGState(Callback):
+    """Saves and restores the global random number generators with every checkpoint."""
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, key, *rest = state["python"]
+        random.setstate((version, tuple(key), *rest))
+        name, keys, *np_rest = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *np_rest))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class SaveOnInterrupt(Callback):
+    """Writes ``last.ckpt`` (through the run's checkpoint callback) on SIGTERM or Ctrl-C."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt) and trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.path)
+            if trainer.is_global_zero:
+                log.warning(
+                    "stopped by %s at step %d; saved %s — continue with resume=auto",
+                    "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C",
+                    trainer.global_step, self.path,
+                )
+
+
+NONFINITE_ACTIONS = ("stop", "skip")
+
+
+class NonFiniteLoss(ZooError):
+    """Training produced a NaN or infinity (raised when ``nonfinite=stop``)."""
+
+
+class NonFiniteGuard(Callback):
+    """Never trains on NaN: checks the loss and gradients of every step.
+
+    ``action="stop"`` raises :class:`NonFiniteLoss` naming the step and the first offending
+    tensor; ``action="skip"`` zeroes the gradients so the optimizer step changes nothing,
+    logs a warning, and counts skipped steps (``train/skipped_steps``). The check costs one
+    device-to-host read of a scalar per step.
+    """
+
+    def __init__(self, action: str = "stop") -> None:
+        if action not in NONFINITE_ACTIONS:
+            raise unknown("nonfinite action", action, NONFINITE_ACTIONS)
+        self.action = action
+        self.skipped = 0
+        self._loss: torch.Tensor | None = None
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        self._loss = loss.detach()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+        loss_ok = self._loss is None or bool(torch.isfinite(self._loss))
+        grad_ok = norm is None or math.isfinite(float(norm))
+        if loss_ok and grad_ok:
+            return
+        what = "loss" if not loss_ok else self._first_bad_gradient(pl_module)
+        msg = f"non-finite {what} at step {trainer.global_step}"
+        if self.action == "stop":
+            raise NonFiniteLoss(
+                f"{msg}; training stopped (set nonfinite=skip to skip such steps, or lower optim.lr)"
+            )
+        self.skipped += 1
+        log.warning("%s; skipping this optimizer step (%d skipped so far)", msg, self.skipped)
+        for p in pl_module.parameters():
+            p.grad = None
+        pl_module.log("train/skipped_steps", float(self.skipped))
+
+    @staticmethod
+    def _first_bad_gradient(pl_module: L.LightningModule) -> str:
+        for name, p in pl_module.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                return f"gradient of {name}"
+        return "gradient"
