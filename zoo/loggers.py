@@ -44,10 +44,19 @@ def wandb_mode(requested: str = "auto") -> str:
     return "online" if wandb_logged_in() else "offline"
 
 
-def build_logger(cfg: Mapping[str, Any], run_dir: Path, name: str, config: Mapping[str, Any]) -> Logger | bool:
-    """The logger a ``logger:`` config section describes, with the resolved run config logged."""
+def build_logger(
+    cfg: Mapping[str, Any], run_dir: Path, name: str, config: Mapping[str, Any]
+) -> Logger | list[Logger] | bool:
+    """The logger a ``logger:`` config section describes, with the resolved run config logged.
+
+    ``kind`` is one of :data:`KINDS`, or a list of them for several loggers at once
+    (e.g. ``logger.kind=[wandb,csv]``).
+    """
     cfg = dict(cfg)
     kind = cfg.pop("kind", "wandb")
+    if isinstance(kind, list | tuple):
+        loggers = [build_logger({**cfg, "kind": k}, run_dir, name, config) for k in kind]
+        return [lg for lg in loggers if isinstance(lg, Logger)] or False
     if kind not in KINDS:
         raise unknown("logger.kind", kind, KINDS)
     if kind == "none":

@@ -76,6 +76,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def model_state(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The ``nn.Module`` weights inside a LightningModule checkpoint (``model.`` prefix removed)."""
+    return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+
+
 def tokenizer_from_checkpoint(ckpt: Mapping[str, Any]) -> PreTrainedTokenizerFast:
     """The tokenizer stored inside a zoo ``.ckpt``."""
     from tokenizers import Tokenizer

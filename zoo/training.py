@@ -26,7 +26,8 @@ from zoo.data.datamodule import TextDataModule
 from zoo.errors import ZooError, did_you_mean
 from zoo.lit.language_model import LanguageModelTask
 from zoo.loggers import build_logger
-from zoo.pretrained import load_pretrained, read_checkpoint, save_pretrained
+from zoo.models import build_model
+from zoo.pretrained import load_pretrained, model_state, read_checkpoint, save_pretrained
 
 log = logging.getLogger("zoo.fit")
 
@@ -56,6 +57,33 @@ def build_trainer(trainer_cfg: Mapping[str, Any], **extra: Any) -> L.Trainer:
         raise ZooError(f"invalid trainer configuration: {e}") from e
 
 
+STRATEGY_ALIASES = ("fsdp", "fsdp2")
+
+
+def build_strategy(name: Any, model: Any) -> Any:
+    """Lightning strategy for ``trainer.strategy``; ``fsdp`` and ``fsdp2`` wrap the model family's
+    own block classes (``model.block_classes``), every other name goes to Lightning as it is.
+
+    * ``fsdp``: ``FSDPStrategy`` with one FSDP unit per block (GPU only).
+    * ``fsdp2``: ``ModelParallelStrategy`` (data parallel over all devices, no tensor
+      parallelism); the LightningModule applies ``fully_shard`` per block in
+      ``configure_model``. Runs on CPU (gloo) too. Checkpoints are consolidated into one file,
+      so they load in a single process.
+    """
+    if not isinstance(name, str) or name not in STRATEGY_ALIASES:
+        return name
+    blocks = set(getattr(model, "block_classes", ()))
+    if not blocks:
+        raise ZooError(f"trainer.strategy={name}: model {type(model).__name__} declares no block_classes to shard")
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy=blocks, state_dict_type="full")
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=False)
+
+
 def init_weights_from(task: LanguageModelTask, source: str) -> None:
     """Copy weights from a zoo ``.ckpt`` or exported model folder into ``task.model``."""
     path = Path(source).expanduser()
@@ -63,8 +91,7 @@ def init_weights_from(task: LanguageModelTask, source: str) -> None:
         model, _, _ = load_pretrained(path)
         state = model.state_dict()
     else:
-        ckpt = read_checkpoint(path)
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        state = model_state(read_checkpoint(path))
     try:
         task.model.load_state_dict(state)
     except RuntimeError as e:
@@ -114,10 +141,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     vci, max_steps = trainer_cfg.get("val_check_interval"), trainer_cfg.get("max_steps", -1)
     if isinstance(vci, int) and 0 < max_steps < vci:  # validate (and keep a best checkpoint) at least once
         trainer_cfg["val_check_interval"] = max_steps
+    trainer_cfg["strategy"] = build_strategy(trainer_cfg.get("strategy", "auto"), task.model)
     trainer = build_trainer(
-        trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]
+        trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the DataModule shards by rank itself (zoo.data.sampling)
     )
 
+    world = trainer.world_size
+    rank_zero_info(
+        f"global batch: {dm.batch_size} samples x {world} process(es) x {trainer.accumulate_grad_batches} "
+        f"accumulation = {dm.batch_size * world * trainer.accumulate_grad_batches} samples "
+        f"({dm.batch_size * world * trainer.accumulate_grad_batches * dm.n_ctx:,} tokens) per optimizer step"
+    )
     trainer.fit(task, datamodule=dm, ckpt_path=resume_path(config.get("resume"), ckpt_dir), weights_only=True)
 
     # final report: the best checkpoint (by val BPB) on train (capped to val's size), val, test
@@ -138,7 +173,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         (run_dir / "report.json").write_text(json.dumps(report, indent=1))
         spec = {"model": config["model"], "vocab_size": dm.vocab_size, "n_ctx": dm.n_ctx,
                 "layout": dm.layout, "run": config}
-        save_pretrained(task.model, dm.tokenizer, spec, run_dir / "model", metrics=report)
+        # export from the (consolidated) checkpoint file, not from the live module: under
+        # sharded strategies the live parameters are shards
+        exported = build_model(config["model"], dm.vocab_size, dm.n_ctx)
+        source = best.best_model_path or str(ckpt_dir / "last.ckpt")
+        exported.load_state_dict(model_state(read_checkpoint(source)))
+        save_pretrained(exported, dm.tokenizer, spec, run_dir / "model", metrics=report)
         print(format_report(report))
     return report
 

@@ -19,11 +19,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
 from zoo.data import cache
+from zoo.data.sampling import EvalShardSampler, GlobalBatchSampler, dist_info
 from zoo.data.samples import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
 from zoo.data.sources import SPLITS, Source, build_source
 from zoo.data.tokenizer import (
@@ -188,20 +189,28 @@ class TextDataModule(L.LightningDataModule):
         self.setup()
         return self._datasets[split]
 
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        return dist_info()
+
     def _loader(self, split: str, shuffle: bool, max_samples: int | None = None) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         ds = self.dataset(split)
         if max_samples is not None and max_samples < len(ds):  # a seeded, fixed subset
             keep = np.random.default_rng(self.seed).choice(len(ds), size=max_samples, replace=False)
             ds = Subset(ds, np.sort(keep).tolist())
+        rank, world = self._rank_world()
+        if shuffle:
+            sampler: Sampler[int] = GlobalBatchSampler(len(ds), self.batch_size, self.seed, rank, world)
+        else:
+            sampler = EvalShardSampler(len(ds), rank, world)
         # StatefulDataLoader remembers its position in the epoch; Lightning stores it in every
         # checkpoint, so a resumed run continues mid-epoch with the very next batch.
         return StatefulDataLoader(
             ds,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            generator=generator,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
