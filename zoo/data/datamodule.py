@@ -24,8 +24,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
 from zoo.data import cache
-from zoo.data.sampling import EvalShardSampler, GlobalBatchSampler, dist_info
 from zoo.data.samples import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
+from zoo.data.sampling import EvalShardSampler, GlobalBatchSampler, dist_info
 from zoo.data.sources import SPLITS, Source, build_source
 from zoo.data.tokenizer import (
     EOT,

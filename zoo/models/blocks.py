@@ -127,14 +127,16 @@ class MaskedTokenMixer(nn.Module):
         B, T, d = x.shape
         if T > self.n_ctx:
             raise ValueError(f"sequence of {T} tokens is longer than the mixer's n_ctx={self.n_ctx}")
-        if mask is not None:
-            x = x * mask[:, :, None].to(x.dtype)
         h = self.heads
         weight = self.masked_weight(T).reshape(h * T, T, self.kernel)  # grouped: one group per head
         bias = self.bias[:, -T:].reshape(h * T)
         if h > 1:
+            x = self.proj_in(x)
+        if mask is not None:  # zero pad rows right at the convolution's input (after proj_in's bias)
+            x = x * mask[:, :, None].to(x.dtype)
+        if h > 1:
             # [B, T, d] -> [B, h, T, d/h] -> channels (head, position) for a grouped conv
-            x = self.proj_in(x).view(B, T, h, d // h).transpose(1, 2).reshape(B, h * T, d // h)
+            x = x.view(B, T, h, d // h).transpose(1, 2).reshape(B, h * T, d // h)
         # (with one head, x [B, T, d] already reads as [batch, channels = positions, length = d])
         y = F.conv1d(x, weight, bias, padding=self.kernel // 2, groups=h)
         if h > 1:
