@@ -60,7 +60,7 @@ def build_trainer(trainer_cfg: Mapping[str, Any], **extra: Any) -> L.Trainer:
 STRATEGY_ALIASES = ("fsdp", "fsdp2")
 
 
-def build_strategy(name: Any, model: Any) -> Any:
+def build_strategy(name: Any, model: Any, trainer_cfg: Mapping[str, Any]) -> Any:
     """Lightning strategy for ``trainer.strategy``; ``fsdp`` and ``fsdp2`` wrap the model family's
     own block classes (``model.block_classes``), every other name goes to Lightning as it is.
 
@@ -81,7 +81,13 @@ def build_strategy(name: Any, model: Any) -> Any:
         return FSDPStrategy(auto_wrap_policy=blocks, state_dict_type="full")
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=False)
+    devices = trainer_cfg.get("devices", 1)
+    if not isinstance(devices, int) or devices < 1:
+        import torch
+
+        devices = torch.cuda.device_count() if trainer_cfg.get("accelerator") in ("gpu", "cuda", "auto") else 1
+    world = max(devices, 1) * int(trainer_cfg.get("num_nodes", 1))
+    return ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=False)
 
 
 def init_weights_from(task: LanguageModelTask, source: str) -> None:
@@ -141,7 +147,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     vci, max_steps = trainer_cfg.get("val_check_interval"), trainer_cfg.get("max_steps", -1)
     if isinstance(vci, int) and 0 < max_steps < vci:  # validate (and keep a best checkpoint) at least once
         trainer_cfg["val_check_interval"] = max_steps
-    trainer_cfg["strategy"] = build_strategy(trainer_cfg.get("strategy", "auto"), task.model)
+    trainer_cfg["strategy"] = build_strategy(trainer_cfg.get("strategy", "auto"), task.model, trainer_cfg)
     trainer = build_trainer(
         trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the DataModule shards by rank itself (zoo.data.sampling)

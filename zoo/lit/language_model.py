@@ -74,14 +74,32 @@ class LanguageModelTask(L.LightningModule):
             return self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"), targets=batch["labels"])
         return self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (``trainer.strategy=fsdp2``): ``fully_shard`` every
+        block the model family declares in ``block_classes``, then the whole model."""
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(self.model, FSDPModule):  # already sharded (fit, then test)
+            return
+        dp_mesh = mesh["data_parallel"]
+        blocks = tuple(getattr(self.model, "block_classes", ()))
+        for module in self.model.modules():
+            if blocks and isinstance(module, blocks):
+                fully_shard(module, mesh=dp_mesh)
+        fully_shard(self.model, mesh=dp_mesh)
+
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         stats = token_stats(self(batch), batch["labels"], batch["target_bytes"], with_entropy=False)
         bs = batch["input_ids"].shape[0]
         bits = stats.nll.detach().sum() / math.log(2) + self.side_bits_per_sequence * bs  # honest, like val/bpb
         bpb = bits / stats.target_bytes.sum().clamp(min=1)
-        self.log("train/loss", stats.loss, prog_bar=True, batch_size=bs)
-        self.log("train/bpb", bpb, prog_bar=True, batch_size=bs)
+        # averaged over processes, so a DDP run logs the same curve as one process would
+        self.log("train/loss", stats.loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("train/bpb", bpb, prog_bar=True, batch_size=bs, sync_dist=True)
         return stats.loss
 
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:

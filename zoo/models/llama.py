@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 
 def llama_config(
@@ -72,6 +73,9 @@ class CausalTransformer(nn.Module):
         tie_embeddings: share input embedding and output head weights.
         init_std: standard deviation of the normal weight initialisation.
     """
+
+    #: the repeated block: the unit FSDP shards (``trainer.strategy=fsdp`` / ``fsdp2``)
+    block_classes = (LlamaDecoderLayer,)
 
     def __init__(
         self,
