@@ -8,6 +8,7 @@ resuming) are read with ``torch.load(weights_only=True)`` only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,41 @@ from zoo.errors import ZooError
 from zoo.models import build_model
 
 FILES = ("model.safetensors", "config.yaml", "tokenizer.json")
+CHECKSUMS = "sha256.json"
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(folder: str | Path) -> dict[str, str]:
+    """Write ``sha256.json`` listing the SHA-256 of every other file in ``folder``."""
+    folder = Path(folder)
+    sums = {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+    return sums
+
+
+def verify_checksums(folder: str | Path) -> None:
+    """Raise a :class:`ZooError` naming any file whose SHA-256 differs from ``sha256.json``."""
+    folder = Path(folder)
+    listed = folder / CHECKSUMS
+    if not listed.is_file():
+        raise ZooError(f"{folder} has no {CHECKSUMS}; cannot verify its files")
+    for name, expected in json.loads(listed.read_text()).items():
+        path = folder / name
+        if not path.is_file():
+            raise ZooError(f"{path} is listed in {CHECKSUMS} but missing")
+        if sha256(path) != expected:
+            raise ZooError(
+                f"checksum mismatch for {path}: the file is corrupt or was changed "
+                f"(expected sha256 {expected[:16]}...); download or export it again"
+            )
 
 
 def save_pretrained(
@@ -41,15 +77,21 @@ def save_pretrained(
     save_tokenizer(tokenizer, out / "tokenizer.json")
     if metrics is not None:
         (out / "metrics.json").write_text(json.dumps(dict(metrics), indent=1))
+    write_checksums(out)
     return out
 
 
-def load_pretrained(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerFast, dict[str, Any]]:
-    """Load a saved folder: ``(model in eval mode, tokenizer, spec)``."""
+def load_pretrained(path: str | Path, verify: bool = True) -> tuple[nn.Module, PreTrainedTokenizerFast, dict[str, Any]]:
+    """Load a saved folder: ``(model in eval mode, tokenizer, spec)``.
+
+    With ``verify`` (the default) every file is checked against ``sha256.json`` first.
+    """
     folder = Path(path).expanduser()
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
         raise ZooError(f"{folder} is not a zoo model folder: missing {', '.join(missing)}")
+    if verify:
+        verify_checksums(folder)
     spec = yaml.safe_load((folder / "config.yaml").read_text())
     model = build_model(spec["model"], spec["vocab_size"], spec["n_ctx"])
     try:

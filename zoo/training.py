@@ -16,7 +16,12 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ThroughputMonitor,
+)
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -143,6 +148,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+        callbacks.append(ThroughputMonitor(  # tokens/s and samples/s, per device and in total
+            batch_size_fn=lambda b: b["input_ids"].shape[0], length_fn=lambda b: b["input_ids"].numel(),
+            window_size=20,
+        ))
     trainer_cfg = dict(config["trainer"])
     vci, max_steps = trainer_cfg.get("val_check_interval"), trainer_cfg.get("max_steps", -1)
     if isinstance(vci, int) and 0 < max_steps < vci:  # validate (and keep a best checkpoint) at least once
