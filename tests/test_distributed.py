@@ -110,3 +110,21 @@ def test_fsdp2_trains_and_reloads_in_one_process(tmp_path, cache_dir) -> None:
     with torch.no_grad():
         torch.testing.assert_close(exported.model(x), logits)
     assert torch.isfinite(logits).all()
+    # the sharded 2-process evaluation of that checkpoint equals the single-process one
+    report = json.loads((run / "report.json").read_text())
+    alone = evaluate(report["best_checkpoint"], split="val", accelerator="cpu")
+    assert alone["bpb"] == pytest.approx(report["splits"]["val"]["bpb"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_single_process_checkpoint_resumes_under_ddp(tmp_path, cache_dir) -> None:
+    """4 steps on one process (batch 8), then 4 more on two (batch 4 each) == 8 steps on one."""
+    same = ("logger=csv", "optim.schedule=constant")  # the schedule must not depend on max_steps here
+    straight = fit(tmp_path / "straight", "trainer=cpu", "data.batch_size=8", *same)
+    first = fit(tmp_path / "split", "trainer=cpu", "data.batch_size=8", *same, "trainer.max_steps=4",
+                "checkpoint.every_n_train_steps=2")
+    resumed = fit(tmp_path / "split", "trainer=ddp_cpu", "data.batch_size=4", *same, "resume=auto")
+    assert resumed == first  # continued in the same run folder
+    a, b = state(straight / "checkpoints" / "last.ckpt"), state(resumed / "checkpoints" / "last.ckpt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)

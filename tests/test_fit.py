@@ -135,3 +135,14 @@ def test_compose_errors() -> None:
         compose("nope")
     with pytest.raises(ZooError, match="did you mean 'lr'"):
         compose("quickstart", ["optim.lrr=1"])
+
+
+def test_init_from_needs_the_same_tokenizer(quickstart_run, tmp_path) -> None:
+    run_dir, _ = quickstart_run
+    with pytest.raises(ZooError, match="different tokenizer"):
+        train(tiny("quickstart", f"init_from={run_dir / 'model'}", "logger=none"), tmp_path / "a")
+    # the same data settings give the same tokenizer: fine-tuning from the export works
+    cfg = compose("quickstart", [f"init_from={run_dir / 'model'}", "logger=none", "trainer.max_steps=2",
+                                 "trainer.limit_val_batches=2", "report.splits=[]", "trainer.enable_progress_bar=false"])
+    train(cfg, tmp_path / "b")
+    assert (tmp_path / "b" / "model" / "model.safetensors").is_file()

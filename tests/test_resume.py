@@ -90,3 +90,14 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path) -> None:
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 2, out[-2000:]
     assert "non-finite" in out and "at step" in out and "Traceback" not in out
+
+
+def test_non_finite_steps_can_be_skipped(tmp_path, cache_dir) -> None:
+    from zoo.config import compose
+    from zoo.training import train
+
+    cfg = compose("quickstart", [*TINY[1:], "logger=none", "optim.lr=1e30", "optim.warmup_steps=0",
+                                 "nonfinite=skip", "trainer.max_steps=6", "trainer.limit_val_batches=2"])
+    train(cfg, tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())  # NaN never reached the weights

@@ -28,11 +28,18 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.callbacks import AtomicCheckpointIO, NonFiniteGuard, RNGState, SaveOnInterrupt
 from zoo.compression import compressed_bits_per_byte
 from zoo.data.datamodule import TextDataModule
+from zoo.data.tokenizer import tokenizer_fingerprint
 from zoo.errors import ZooError, did_you_mean
 from zoo.lit.language_model import LanguageModelTask
 from zoo.loggers import build_logger
 from zoo.models import build_model
-from zoo.pretrained import load_pretrained, model_state, read_checkpoint, save_pretrained
+from zoo.pretrained import (
+    load_pretrained,
+    model_state,
+    read_checkpoint,
+    save_pretrained,
+    tokenizer_from_checkpoint,
+)
 
 log = logging.getLogger("zoo.fit")
 
@@ -95,14 +102,26 @@ def build_strategy(name: Any, model: Any, trainer_cfg: Mapping[str, Any]) -> Any
     return ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1, save_distributed_checkpoint=False)
 
 
-def init_weights_from(task: LanguageModelTask, source: str) -> None:
-    """Copy weights from a zoo ``.ckpt`` or exported model folder into ``task.model``."""
+def init_weights_from(task: LanguageModelTask, source: str, tokenizer: Any) -> None:
+    """Copy weights from a zoo ``.ckpt`` or exported model folder into ``task.model``.
+
+    The source must have been trained with the same tokenizer as this run: the same vocabulary
+    size with other merges would load without complaint and silently mean other tokens.
+    """
     path = Path(source).expanduser()
     if path.is_dir():
-        model, _, _ = load_pretrained(path)
+        model, source_tokenizer, _ = load_pretrained(path)
         state = model.state_dict()
     else:
-        state = model_state(read_checkpoint(path))
+        ckpt = read_checkpoint(path)
+        state, source_tokenizer = model_state(ckpt), tokenizer_from_checkpoint(ckpt)
+    if tokenizer_fingerprint(source_tokenizer) != tokenizer_fingerprint(tokenizer):
+        hint = path / "tokenizer.json" if path.is_dir() else "the tokenizer it was trained with"
+        raise ZooError(
+            f"init_from={source} was trained with a different tokenizer than this run's "
+            f"({len(source_tokenizer)} vs {len(tokenizer)} tokens); train with its tokenizer: "
+            f"data.tokenizer.path={hint}"
+        )
     try:
         task.model.load_state_dict(state)
     except RuntimeError as e:
@@ -123,7 +142,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model=config["model"], vocab_size=dm.vocab_size, n_ctx=dm.n_ctx, optim=config["optim"]
     )
     if config.get("init_from"):
-        init_weights_from(task, config["init_from"])
+        init_weights_from(task, config["init_from"], dm.tokenizer)
     n_params = sum(p.numel() for p in task.model.parameters())
     n_train = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
     rank_zero_info(f"model: {config['model'].get('family')} — {n_params:,} parameters ({n_train:,} trainable)")
