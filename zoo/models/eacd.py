@@ -73,6 +73,7 @@ class EncoderAugmentedDecoder(nn.Module):
         side_bits_per_sequence: ``d_c × vector_bits``, the bits the decoder gets for free
             per sequence (n_p × b_p in the paper); an honest BPB adds them.
         needs_targets: True: :meth:`forward` wants the batch's labels (the encoder's input).
+        block_classes: the repeated blocks of both stacks (the units FSDP shards).
     """
 
     needs_targets: bool = True
@@ -114,8 +115,10 @@ class EncoderAugmentedDecoder(nn.Module):
             self.up = nn.Linear(self.d_c, d_dec)
         self.decoder = build_stack(decoder, n_ctx + 1 if injection == "token" else n_ctx, width=width)
         self.head = nn.Linear(width, vocab_size, bias=False)
-        for emb in (self.enc_embed, self.dec_embed):
-            nn.init.normal_(emb.weight, std=0.02)
+        self.block_classes = tuple(dict.fromkeys((self.encoder.block_class, self.decoder.block_class)))
+        # each embedding at the scale its stack expects (mixer N(0, 1), Llama N(0, 0.02))
+        nn.init.normal_(self.enc_embed.weight, std=self.encoder.embedding_std)
+        nn.init.normal_(self.dec_embed.weight, std=self.decoder.embedding_std)
 
     # ------------------------------------------------------------------ halves
     def encode(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from zoo.models.blocks import MixerStack
+from zoo.models.blocks import MixerBlock, MixerStack
 
 
 class MaskedMixerLM(nn.Module):
@@ -24,8 +24,13 @@ class MaskedMixerLM(nn.Module):
         kernel: odd kernel size of the mixing convolution along the hidden dimension.
         heads: mixing heads (multi-head form when > 1).
         tie_embeddings: share the embedding matrix with the output head.
-        init_std: standard deviation of the embedding (and tied head) initialisation.
+        init_std: standard deviation of the embedding (and tied head) initialisation;
+            default: what the mixer stack expects, N(0, 1) (see
+            :attr:`MixerStack.embedding_std`).
     """
+
+    #: the repeated block: the unit FSDP shards (``trainer.strategy=fsdp`` / ``fsdp2``)
+    block_classes = (MixerBlock,)
 
     def __init__(
         self,
@@ -36,13 +41,13 @@ class MaskedMixerLM(nn.Module):
         kernel: int = 1,
         heads: int = 1,
         tie_embeddings: bool = False,
-        init_std: float = 0.02,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         self.n_ctx = n_ctx
         self.embed = nn.Embedding(vocab_size, d_model)
-        nn.init.normal_(self.embed.weight, std=init_std)
         self.stack = MixerStack(n_ctx, d_model, n_layers, kernel=kernel, heads=heads)
+        nn.init.normal_(self.embed.weight, std=self.stack.embedding_std if init_std is None else init_std)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
             self.head.weight = self.embed.weight
