@@ -109,7 +109,8 @@ def evaluate(
 
 def format_row(row: Mapping[str, Any]) -> str:
     lines = [f"{row['checkpoint']} on {'+'.join(row['sources'])}/{row['split']}"]
-    for key, label in (("bpb", "bits per byte"), ("ce", "cross-entropy (nats/token)"), ("ppl", "perplexity"),
+    for key, label in (("bpb", "bits per byte"), ("bpb_free_vector", "bits per byte, vector for free"),
+                       ("ce", "cross-entropy (nats/token)"), ("ppl", "perplexity"),
                        ("entropy", "predictive entropy (bits/token)"),
                        ("entropy_bpb", "predictive entropy (bits/byte)")):
         if key in row:

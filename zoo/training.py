@@ -249,6 +249,11 @@ def format_report(report: Mapping[str, Any]) -> str:
     if "val" in rows and "xz" in rows["val"]:
         v = rows["val"]
         lines.append(f"\nval BPB {v.get('bpb', float('nan')):.4f}  vs  xz -9 {v['xz']:.4f}")
+        if "bpb_free_vector" in v:
+            lines.append(
+                f"(BPB includes the encoder vector's cost; without it, as if the vector were free: "
+                f"{v['bpb_free_vector']:.4f})"
+            )
     lines.append(f"run folder: {report.get('run_dir')}")
     return "\n".join(lines)
 
