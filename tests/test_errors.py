@@ -98,3 +98,19 @@ def test_corrupted_byte_in_a_saved_model_is_caught_by_its_checksum(tmp_path) -> 
     weights.write_bytes(bytes(blob))
     with pytest.raises(ZooError, match="checksum mismatch for .*model.safetensors"):
         load_pretrained(folder)
+
+
+def test_init_from_a_checkpoint_of_another_family(tmp_path) -> None:
+    from zoo.data.tokenizer import train_bpe
+    from zoo.lit.language_model import LanguageModelTask
+    from zoo.models import build_model
+    from zoo.pretrained import save_pretrained
+    from zoo.training import init_weights_from
+
+    tok = train_bpe(["some text for a tokenizer"] * 20, vocab_size=300)
+    mixer = {"family": "mixer", "d_model": 16, "n_layers": 1}
+    folder = save_pretrained(build_model(mixer, len(tok), 16), tok, {"model": mixer, "vocab_size": len(tok), "n_ctx": 16},
+                             tmp_path / "mixer")
+    llama = LanguageModelTask({"family": "llama", "d_model": 16, "n_layers": 1, "n_heads": 2}, len(tok), 16)
+    with pytest.raises(ZooError, match="weights do not fit this model"):
+        init_weights_from(llama, str(folder), tok)
