@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,11 +48,11 @@ def state(path: Path) -> dict[str, torch.Tensor]:
 # -- samplers (pure functions, no processes) --------------------------------------------------
 @pytest.mark.parametrize("n, batch", [(1000, 8), (997, 4)])
 def test_ranks_see_disjoint_samples_that_cover_the_epoch(n, batch) -> None:
-    shards = [list(GlobalBatchSampler(n, batch, seed=3, rank=r, world_size=2)) for r in range(2)]
+    shards = [sum(GlobalBatchSampler(n, batch, seed=3, rank=r, world_size=2), []) for r in range(2)]
     union = shards[0] + shards[1]
     assert len(set(union)) == len(union)  # no sample on two ranks
     assert len(union) == n - n % (2 * batch)  # everything but the last incomplete global batch
-    single = list(GlobalBatchSampler(n, 2 * batch, seed=3))
+    single = sum(GlobalBatchSampler(n, 2 * batch, seed=3), [])
     for k in range(len(single) // (2 * batch)):  # each global batch = the single-process batch
         assert single[2 * batch * k : 2 * batch * (k + 1)] == (
             shards[0][batch * k : batch * (k + 1)] + shards[1][batch * k : batch * (k + 1)]
@@ -118,11 +119,22 @@ def test_fsdp2_trains_and_reloads_in_one_process(tmp_path, cache_dir) -> None:
 
 @pytest.mark.slow
 def test_single_process_checkpoint_resumes_under_ddp(tmp_path, cache_dir) -> None:
-    """4 steps on one process (batch 8), then 4 more on two (batch 4 each) == 8 steps on one."""
-    same = ("logger=csv", "optim.schedule=constant")  # the schedule must not depend on max_steps here
+    """One process (batch 8) stopped by SIGTERM mid-run, resumed on two (batch 4 each), ends
+    with the weights of an uninterrupted single-process run."""
+    from test_resume import saved_step, wait_for_step
+
+    same = ("logger=csv", "optim.schedule=constant", "trainer.max_steps=100", "checkpoint.every_n_train_steps=2")
     straight = fit(tmp_path / "straight", "trainer=cpu", "data.batch_size=8", *same)
-    first = fit(tmp_path / "split", "trainer=cpu", "data.batch_size=8", *same, "trainer.max_steps=4",
-                "checkpoint.every_n_train_steps=2")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zoo.fit", *TINY, f"out_dir={tmp_path / 'split'}", "trainer=cpu", "data.batch_size=8",
+         *same], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_step(tmp_path / "split", proc, 10)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    (first,) = (tmp_path / "split" / "quickstart").iterdir()
+    assert 10 <= saved_step(first / "checkpoints" / "last.ckpt") < 100
     resumed = fit(tmp_path / "split", "trainer=ddp_cpu", "data.batch_size=4", *same, "resume=auto")
     assert resumed == first  # continued in the same run folder
     a, b = state(straight / "checkpoints" / "last.ckpt"), state(resumed / "checkpoints" / "last.ckpt")

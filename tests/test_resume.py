@@ -58,6 +58,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, cache_dir) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("uninterrupted")

@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
@@ -201,19 +201,16 @@ class TextDataModule(L.LightningDataModule):
             keep = np.random.default_rng(self.seed).choice(len(ds), size=max_samples, replace=False)
             ds = Subset(ds, np.sort(keep).tolist())
         rank, world = self._rank_world()
-        if shuffle:
-            sampler: Sampler[int] = GlobalBatchSampler(len(ds), self.batch_size, self.seed, rank, world)
-        else:
-            sampler = EvalShardSampler(len(ds), rank, world)
         # StatefulDataLoader remembers its position in the epoch; Lightning stores it in every
         # checkpoint, so a resumed run continues mid-epoch with the very next batch.
+        if shuffle:
+            return StatefulDataLoader(
+                ds, batch_sampler=GlobalBatchSampler(len(ds), self.batch_size, self.seed, rank, world),
+                num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            )
         return StatefulDataLoader(
-            ds,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            ds, batch_size=self.eval_batch_size, sampler=EvalShardSampler(len(ds), rank, world),
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -29,31 +29,48 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-class GlobalBatchSampler(Sampler[int]):
-    """This rank's share of seeded global batches (see the module docstring)."""
+class EpochPermutation(Sampler[int]):
+    """A seeded random permutation of ``range(n)``, a new one per epoch (``set_epoch``)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch (through ``batch_sampler.sampler``)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batch sampler: this rank's share of each global batch (see the module docstring).
+
+    It yields whole batches, so a resumed ``StatefulDataLoader`` skips the number of
+    *batches* already trained on, which is the number of global batches whatever the
+    number of processes: a checkpoint written by 1 process resumes correctly on 2.
+    """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.sampler = EpochPermutation(n, seed)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.global_batches = n // (batch_size * world_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch: a new permutation per epoch."""
-        self.epoch = epoch
-
     def __len__(self) -> int:
-        return self.global_batches * self.batch_size
+        return self.global_batches
 
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n, generator=g)
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = list(self.sampler)
         gb, b = self.batch_size * self.world_size, self.batch_size
         for k in range(self.global_batches):
             start = k * gb + self.rank * b
-            yield from perm[start : start + b].tolist()
+            yield perm[start : start + b]
 
 
 class EvalShardSampler(Sampler[int]):
