@@ -258,8 +258,3 @@ class TextDataModule(L.LightningDataModule):
                 f"({nbytes / max(toks, 1):.2f} bytes/token)"
             )
         return "\n".join(lines)
-
-
-def byte_lengths_tensor(tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
-    """Bytes per token id as an int64 tensor (for code that scores raw token ids)."""
-    return torch.from_numpy(token_byte_lengths(tokenizer).astype(np.int64))
