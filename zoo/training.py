@@ -109,6 +109,17 @@ def init_weights_from(task: LanguageModelTask, source: str, tokenizer: Any) -> N
     size with other merges would load without complaint and silently mean other tokens.
     """
     path = Path(source).expanduser()
+    if not path.exists():  # a published name (checkpoints/NAME), e.g. init_from=llama-edu
+        from zoo.registry import list_models, resolve
+
+        folder = resolve(source)
+        if folder is None:
+            published = list_models(pretrained=True)
+            raise ZooError(
+                f"init_from={source}: no such checkpoint file, model folder or published model"
+                f"{did_you_mean(str(source), published)}; published models: {', '.join(published) or 'none'}"
+            )
+        path = folder
     if path.is_dir():
         model, source_tokenizer, _ = load_pretrained(path)
         state = model.state_dict()

@@ -1,0 +1,307 @@
+"""The model registry: every model config and every published checkpoint, by name.
+
+Two kinds of names:
+
+* **model configs** (``recipes/model/*.yaml``: ``llama_tiny``, ``mixer_paper``, ...): an
+  architecture; :func:`create_model` builds it randomly initialised, with any size overridden.
+* **published checkpoints** (``checkpoints/NAME/``: ``llama-edu``, ``mixer-edu``, ...):
+  trained weights with their tokenizer, card and measured metrics; :func:`load` (or
+  ``create_model(name, pretrained=True)``) returns them, checked against
+  ``checkpoints/manifest.json`` and the folder's ``sha256.json``.
+
+>>> import zoo
+>>> zoo.list_models("*edu")                     # doctest: +SKIP
+['eacd-mixer-edu', 'eacd-transformer-edu', 'llama-edu', 'mixer-edu']
+>>> model, tokenizer = zoo.load("llama-edu")    # doctest: +SKIP
+>>> model(tokenizer("The sea", return_tensors="pt").input_ids).shape   # doctest: +SKIP
+
+Loading never runs code from the files (safetensors + YAML + tokenizer JSON only).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from zoo.errors import ZooError, did_you_mean
+from zoo.models import build_model
+from zoo.pretrained import load_pretrained, sha256
+
+#: vocabulary and context a model config is built with when the caller gives none (the
+#: recipes' defaults: the paper's 8k BPE, 256-token windows)
+DEFAULT_VOCAB_SIZE = 8192
+DEFAULT_N_CTX = 256
+MANIFEST = "manifest.json"
+
+
+def checkpoints_dir() -> Path:
+    """Where published models live: ``$ZOO_CHECKPOINTS``, else ``checkpoints/`` beside ``zoo``."""
+    env = os.environ.get("ZOO_CHECKPOINTS")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def _model_configs_dir() -> Path | None:
+    from zoo.config import recipes_dir
+
+    try:
+        path = recipes_dir() / "model"
+    except ZooError:
+        return None
+    return path if path.is_dir() else None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registered name: what builds it and, for a published model, what it measured."""
+
+    name: str
+    family: str
+    kind: str  # "config" (architecture only) | "pretrained" (a published checkpoint)
+    model: dict[str, Any]  # the ``model:`` config section (what build_model takes)
+    vocab_size: int
+    n_ctx: int
+    path: Path
+    description: str = ""
+    data: str = ""  # training data of a published model
+    metrics: dict[str, Any] = field(default_factory=dict)  # the manifest entry's summary
+    parameters: int | None = None  # of a published model (from the manifest)
+    files: dict[str, str] = field(default_factory=dict)  # file -> sha256 (published models)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind == "pretrained"
+
+    @property
+    def file_bytes(self) -> int | None:
+        weights = self.path / "model.safetensors"
+        return weights.stat().st_size if self.pretrained and weights.is_file() else None
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def read_manifest(root: Path | None = None) -> dict[str, Any]:
+    """``checkpoints/manifest.json`` as a dict (``{"models": {}}`` when there is none)."""
+    path = (root or checkpoints_dir()) / MANIFEST
+    if not path.is_file():
+        return {"format": 1, "models": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ZooError(f"{path} is not valid JSON ({e}); restore it from git") from e
+    manifest.setdefault("models", {})
+    return manifest
+
+
+def data_description(run: dict[str, Any] | None) -> str:
+    """``edu`` / ``edu 70% + math 30%`` from a run config's ``data.sources``."""
+    sources = ((run or {}).get("data") or {}).get("sources") or []
+    names = [str(s.get("name", "?")) for s in sources]
+    weights = [s.get("weight") for s in sources]
+    if len(names) > 1 and all(w is not None for w in weights):
+        total = sum(float(w) for w in weights) or 1.0
+        return " + ".join(f"{n} {100 * float(w) / total:.0f}%" for n, w in zip(names, weights, strict=True))
+    return " + ".join(names)
+
+
+def _configs() -> dict[str, ModelInfo]:
+    folder = _model_configs_dir()
+    out: dict[str, ModelInfo] = {}
+    if folder is None:
+        return out
+    for path in sorted(folder.glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(cfg, dict) or "family" not in cfg:
+            continue
+        out[path.stem] = ModelInfo(
+            name=path.stem, family=str(cfg["family"]), kind="config", model=cfg,
+            vocab_size=DEFAULT_VOCAB_SIZE, n_ctx=DEFAULT_N_CTX, path=path, description=_first_comment(path),
+        )
+    return out
+
+
+def _published() -> dict[str, ModelInfo]:
+    root = checkpoints_dir()
+    out: dict[str, ModelInfo] = {}
+    if not root.is_dir():
+        return out
+    manifest = read_manifest(root)["models"]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        config = folder / "config.yaml"
+        if not (config.is_file() and (folder / "model.safetensors").is_file()):
+            continue  # being written, or not a model folder
+        spec = yaml.safe_load(config.read_text()) or {}
+        entry = manifest.get(folder.name, {})
+        out[folder.name] = ModelInfo(
+            name=folder.name, family=str(spec["model"].get("family")), kind="pretrained",
+            model=dict(spec["model"]), vocab_size=int(spec["vocab_size"]), n_ctx=int(spec["n_ctx"]),
+            path=folder, description=str(entry.get("description", "")),
+            data=str(entry.get("data") or data_description(spec.get("run"))),
+            metrics=dict(entry.get("metrics", {})), files=dict(entry.get("files", {})),
+            parameters=entry.get("parameters"),
+        )
+    return out
+
+
+def registry() -> dict[str, ModelInfo]:
+    """Every registered name -> :class:`ModelInfo` (model configs, then published models).
+
+    Read from disk on each call (a few small files), so newly published models appear at once.
+    """
+    return {**_configs(), **_published()}
+
+
+def list_models(pattern: str = "*", pretrained: bool | None = None) -> list[str]:
+    """Registered names matching the shell-style ``pattern`` (case-insensitive), sorted.
+
+    ``pretrained=True`` lists only published checkpoints, ``False`` only model configs.
+    """
+    names = []
+    for name, info in registry().items():
+        if pretrained is not None and info.pretrained != pretrained:
+            continue
+        if fnmatch.fnmatch(name.lower(), pattern.lower()):
+            names.append(name)
+    return sorted(names)
+
+
+def _unknown(name: str, choices: list[str], what: str = "model") -> ZooError:
+    return ZooError(
+        f"unknown {what} '{name}'{did_you_mean(name, choices)}; available: {', '.join(sorted(choices))}"
+        + (" (or give the path of a model folder)" if what == "model" else "")
+    )
+
+
+def model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a registered name (a clear error with a suggestion if unknown)."""
+    reg = registry()
+    if name not in reg:
+        raise _unknown(name, list(reg))
+    return reg[name]
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
+    """Build a registered model as a plain ``nn.Module``.
+
+    Args:
+        name: a model config (``llama_tiny``) or a published model (``llama-edu``).
+        pretrained: load the published weights (only for published models, with no overrides).
+        **overrides: ``vocab_size``, ``n_ctx`` and any option of the model's config
+            (``d_model=64``, ``encoder={"n_layers": 2}``, ...).
+
+    Without ``pretrained`` a published name gives its architecture, randomly initialised.
+    """
+    info = model_info(name)
+    if pretrained:
+        if not info.pretrained:
+            published = list_models(pretrained=True)
+            raise ZooError(
+                f"'{name}' is a model config with no trained weights; use create_model('{name}') "
+                f"for a randomly initialised one, or a published model: {', '.join(published) or 'none yet'}"
+            )
+        if overrides:
+            raise ZooError(
+                f"create_model('{name}', pretrained=True) takes no overrides ({', '.join(overrides)}): "
+                "the trained weights only fit the architecture they were trained with"
+            )
+        model, _ = load(name)
+        return model
+    vocab_size = int(overrides.pop("vocab_size", info.vocab_size))
+    n_ctx = int(overrides.pop("n_ctx", info.n_ctx))
+    return build_model(_merge(info.model, overrides), vocab_size, n_ctx)
+
+
+def verify_manifest(name: str) -> None:
+    """Check ``checkpoints/NAME`` against its manifest entry: every listed file present with its
+    sha256, and no unlisted file."""
+    root = checkpoints_dir()
+    entry = read_manifest(root)["models"].get(name)
+    if entry is None:
+        raise ZooError(f"{name} is not in {root / MANIFEST}; publish it with python -m zoo.publish")
+    folder = root / name
+    listed = entry.get("files", {})
+    for fname, expected in listed.items():
+        path = folder / fname
+        if not path.is_file():
+            raise ZooError(f"{path} is listed in {MANIFEST} but missing")
+        if sha256(path) != expected:
+            raise ZooError(
+                f"checksum mismatch for {path} against {MANIFEST}: the file is corrupt or was "
+                "changed since it was published; restore it (git checkout) or publish it again"
+            )
+    extra = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in listed)
+    if extra:
+        raise ZooError(f"{folder} has files not in {MANIFEST}: {', '.join(extra)}")
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path | None:
+    """The folder a published name or a model-folder path stands for (``None``: neither)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    info = _published().get(str(name_or_path))
+    return info.path if info else None
+
+
+def load(name_or_path: str | os.PathLike, verify: bool = True) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)``: a published model by name, or any exported model folder.
+
+    The model is a plain ``nn.Module`` in eval mode, in float32 whatever precision its
+    weights are stored in; the tokenizer a ``transformers`` fast tokenizer. With ``verify``
+    (the default) every file is checked against its sha256 first.
+    """
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        name = str(name_or_path)
+        reg = registry()
+        info = reg.get(name)
+        if info is None:
+            raise _unknown(name, list(reg))
+        if not info.pretrained:
+            published = list_models(pretrained=True)
+            raise ZooError(
+                f"'{name}' is a model config with no trained weights; zoo.create_model('{name}') builds "
+                f"it randomly initialised; published models: {', '.join(published) or 'none yet'}"
+            )
+        if verify:
+            verify_manifest(name)
+        path = info.path
+    model, tokenizer, _ = load_pretrained(path, verify=verify)
+    return model, tokenizer
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def architecture_parameters(info: ModelInfo) -> int:
+    """Parameters of a registered model without allocating it (built on the meta device)."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(info.model, info.vocab_size, info.n_ctx)
+    return count_parameters(model)
