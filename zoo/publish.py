@@ -210,8 +210,12 @@ def resolve_source(run: str | None, name: str) -> tuple[Path, Path | None]:
 @contextlib.contextmanager
 def manifest_lock(root: Path) -> Iterator[None]:
     """An exclusive lock around read-modify-write of the manifest (several publishers at once)."""
+    import hashlib
+    import tempfile
+
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".manifest.lock", "w") as f:
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"zoo-manifest-{key}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
