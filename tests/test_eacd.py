@@ -185,7 +185,8 @@ def test_eacd_mixer_val_bpb_charges_the_vector_exactly(tmp_path, cache_dir) -> N
     assert cfg.data.layout == "left_padded" and cfg.model.injection == "embedding"
     report = train(cfg, tmp_path / "run")
     val = report["splits"]["val"]
-    side_bits = (32 // cfg.model.compression) * cfg.model.vector_bits
+    assert cfg.model.vector_format == "fp32"
+    side_bits = (32 // cfg.model.compression) * 32  # d_c float32 numbers
     assert LanguageModelTask(cfg.model, 300, 32).side_bits_per_sequence == side_bits
 
     dm = TextDataModule(seed=cfg.seed, **{k: v for k, v in cfg.data.items()})

@@ -12,6 +12,11 @@ Options (all ``key=value``):
   max_batches=N      score only the first N batches
   json=PATH          also write the results as JSON (json=- prints JSON instead of the table)
   accelerator=auto   cpu | gpu | auto
+  quantize=MODES     score once per storage mode and print one table: size in bytes, BPB and
+                     its change from fp32. MODES: all, or a comma-separated list of
+                     W (weights: fp32 bf16 fp16 int8 nf4 fp4; int8/nf4/fp4 via bitsandbytes),
+                     vec:V (the EACD's vector: fp32 bf16 fp16 fp8_e4m3 fp8_e5m2 int8) or W+vec:V,
+                     e.g. quantize=int8,nf4,vec:fp8_e4m3,int8+vec:int8
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 import lightning as L
 import yaml
 from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
 from zoo.compression import COMPRESSORS, compressed_bits_per_byte
 from zoo.config import list_group, recipes_dir
@@ -34,8 +40,15 @@ from zoo.data.tokenizer import save_tokenizer, tokenizer_fingerprint
 from zoo.errors import ZooError, unknown
 from zoo.lit.language_model import LanguageModelTask
 from zoo.pretrained import load_pretrained, read_checkpoint, tokenizer_from_checkpoint
+from zoo.quantize import (
+    modes_table,
+    parse_modes,
+    quantize_weights,
+    stored_bytes,
+    weight_bytes_per_float,
+)
 
-OPTIONS = ("checkpoint", "split", "data", "max_batches", "json", "accelerator")
+OPTIONS = ("checkpoint", "split", "data", "max_batches", "json", "accelerator", "quantize")
 
 
 def load_task(path: str | Path) -> tuple[LanguageModelTask, Any, dict[str, Any]]:
@@ -59,18 +72,11 @@ def load_task(path: str | Path) -> tuple[LanguageModelTask, Any, dict[str, Any]]
     return task, tokenizer_from_checkpoint(ckpt), dict(ckpt["zoo"]["config"])
 
 
-def evaluate(
-    checkpoint: str | Path,
-    split: str = "val",
-    data: Mapping[str, Any] | None = None,
-    max_batches: int | None = None,
-    accelerator: str = "auto",
-    compressors: Sequence[str] = COMPRESSORS,
-) -> dict[str, Any]:
-    """Score ``split`` and return the metrics plus the compressors' BPB on the same text.
-
-    ``data`` overrides keys of the run's ``data:`` section (e.g. ``{"sources": [...]}``).
-    """
+def prepare(
+    checkpoint: str | Path, split: str = "val", data: Mapping[str, Any] | None = None
+) -> tuple[LanguageModelTask, TextDataModule]:
+    """Load ``checkpoint`` and a prepared DataModule over its data (or ``data`` overrides)
+    tokenised with the model's own tokenizer."""
     if split not in SPLITS:
         raise unknown("split", split, SPLITS)
     task, tokenizer, run = load_task(checkpoint)
@@ -85,14 +91,36 @@ def evaluate(
     if dm.n_ctx != task.hparams.n_ctx:
         raise ZooError(f"data.n_ctx={dm.n_ctx} differs from the model's n_ctx={task.hparams.n_ctx}")
     dm.prepare_data()
+    return task, dm
+
+
+def score(task: LanguageModelTask, loader: Any, split: str, max_batches: int | None = None,
+          accelerator: str = "auto") -> dict[str, float]:
+    """The task's evaluation metrics (``bpb``, ``ce``, ...) over ``loader`` with a real Trainer."""
     task.report_stages = [f"report_{split}"]
     trainer = L.Trainer(
         accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-        limit_test_batches=max_batches, enable_model_summary=False,
+        limit_test_batches=max_batches, enable_model_summary=False, enable_progress_bar=False,
     )
-    loader = dm.eval_dataloader(split)
     (metrics,) = trainer.test(task, dataloaders=loader, verbose=False)
-    row: dict[str, Any] = {k.split("/")[-1]: float(v) for k, v in metrics.items()}
+    return {k.split("/")[-1]: float(v) for k, v in metrics.items()}
+
+
+def evaluate(
+    checkpoint: str | Path,
+    split: str = "val",
+    data: Mapping[str, Any] | None = None,
+    max_batches: int | None = None,
+    accelerator: str = "auto",
+    compressors: Sequence[str] = COMPRESSORS,
+) -> dict[str, Any]:
+    """Score ``split`` and return the metrics plus the compressors' BPB on the same text.
+
+    ``data`` overrides keys of the run's ``data:`` section (e.g. ``{"sources": [...]}``).
+    """
+    task, dm = prepare(checkpoint, split, data)
+    loader = dm.eval_dataloader(split)
+    row: dict[str, Any] = score(task, loader, split, max_batches, accelerator)
     tokens = bytes_ = 0
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -105,6 +133,46 @@ def evaluate(
         row[c] = compressed_bits_per_byte(text, c)
     row.update(checkpoint=str(checkpoint), split=split, sources=[s.name for s in dm.sources])
     return row
+
+
+def evaluate_quantized(
+    checkpoint: str | Path,
+    modes: str = "all",
+    split: str = "val",
+    data: Mapping[str, Any] | None = None,
+    max_batches: int | None = None,
+    accelerator: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Score ``split`` once per storage mode (:mod:`zoo.quantize`): weights in fp32, bf16,
+    fp16 or bitsandbytes int8/nf4/fp4, the EACD's vector in any vector format. Each row has
+    the mode, the model's stored size in bytes, its BPB (charging the vector at the bits of
+    the format it was evaluated in) and the change from the full-precision reference.
+    """
+    task, dm = prepare(checkpoint, split, data)
+    original = task.model
+    has_vector = hasattr(original, "set_vector_format")
+    loader = dm.eval_dataloader(split)
+    rows: list[dict[str, Any]] = []
+    for mode in tqdm(parse_modes(modes, has_vector), desc="quantize modes", unit="mode"):
+        model, share = quantize_weights(original, mode.weights)
+        if has_vector:
+            model.set_vector_format(mode.vector or original.vector_format.name)
+        task.model = model
+        task.refresh_metrics()
+        metrics = score(task, loader, split, max_batches, accelerator)
+        row = {"mode": mode.name, "weights": mode.weights, "vector": mode.vector,
+               "size_bytes": stored_bytes(model, weight_bytes_per_float(mode.weights)),
+               "quantized_share": share, **metrics}
+        if has_vector:
+            row["vector_bits"] = int(model.side_bits_per_sequence)
+        ref = rows[0] if rows else row
+        row["delta_bpb"] = row["bpb"] - ref["bpb"]
+        if "bpb_free_vector" in row:
+            row["delta_bpb_free_vector"] = row["bpb_free_vector"] - ref["bpb_free_vector"]
+        rows.append(row)
+    for row in rows:
+        row.update(checkpoint=str(checkpoint), split=split, sources=[s.name for s in dm.sources])
+    return rows
 
 
 def format_row(row: Mapping[str, Any]) -> str:
@@ -147,20 +215,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise unknown("data option", group, list_group("data"))
             data.update(yaml.safe_load((recipes_dir() / "data" / f"{group}.yaml").read_text()))
         data.update(args.get("data") or {})
-        row = evaluate(
-            raw["checkpoint"], split=str(args.get("split", "val")), data=data,
-            max_batches=args.get("max_batches"), accelerator=str(args.get("accelerator", "auto")),
-        )
+        common = dict(split=str(args.get("split", "val")), data=data, max_batches=args.get("max_batches"))
+        if "quantize" in raw:
+            result: Any = evaluate_quantized(raw["checkpoint"], raw["quantize"],
+                                             accelerator=str(args.get("accelerator", "cpu")), **common)
+            text = f"{raw['checkpoint']} on {'+'.join(result[0]['sources'])}/{result[0]['split']}\n" + modes_table(result)
+        else:
+            result = evaluate(raw["checkpoint"], accelerator=str(args.get("accelerator", "auto")), **common)
+            text = format_row(result)
     except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     out = raw.get("json")
     if out == "-":
-        print(json.dumps(row, indent=1))
+        print(json.dumps(result, indent=1))
         return
-    print(format_row(row))
+    print(text)
     if out:
-        Path(out).write_text(json.dumps(row, indent=1))
+        Path(out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

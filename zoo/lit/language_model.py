@@ -54,7 +54,6 @@ class LanguageModelTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model, vocab_size, n_ctx)
-        self.side_bits_per_sequence = float(getattr(self.model, "side_bits_per_sequence", self.side_bits_per_sequence))
         self.optim = {
             "lr": 1e-3,
             "weight_decay": 0.1,
@@ -65,6 +64,12 @@ class LanguageModelTask(L.LightningModule):
             "min_lr_ratio": 0.1,
             **dict(optim or {}),
         }
+        self.refresh_metrics()
+
+    def refresh_metrics(self) -> None:
+        """(Re)build the evaluation metrics for the model's current side information; call it
+        after changing what the model's vector costs (e.g. its storage format)."""
+        self.side_bits_per_sequence = float(getattr(self.model, "side_bits_per_sequence", 0.0))
         self.metrics = nn.ModuleDict({s: task_metrics(self.side_bits_per_sequence) for s in EVAL_STAGES})
 
     # ------------------------------------------------------------------ forward

@@ -4,9 +4,16 @@ An *oracle* encoder reads the very tokens the decoder is asked to predict, squee
 sequence into one small vector (the encoder's hidden state at the last real position,
 projected down by ``compression``), and a causal decoder predicts the sequence given that
 vector. The model is an entropy estimator / compressor, not a generator: its cross-entropy
-is only an honest compression rate once the vector's own cost, ``d_c × vector_bits`` bits
-per sequence (:attr:`EncoderAugmentedDecoder.side_bits_per_sequence`), is added to it. The
-zoo's training task does that for the headline bits per byte.
+is only an honest compression rate once the vector's own cost, the bits that store its
+``d_c`` numbers in ``vector_format`` (:attr:`EncoderAugmentedDecoder.side_bits_per_sequence`),
+is added to it. The zoo's training task does that for the headline bits per byte.
+
+Quantization-aware training (``noise_q > 0``): centred uniform noise ``U(-q, q)`` is added
+while training, either to the vector (``noise_at="after_down"``: ``e = down(h) + U``) or to
+the encoder's final hidden state, the residual stream, before it is projected
+(``"before_down"``: ``e = down(h + U)``), so the decoder learns to read a vector that will
+later be stored in a coarse format (:mod:`zoo.models.noise`, :mod:`zoo.quantize`). In
+evaluation the noise is off and the vector is rounded through ``vector_format`` instead.
 
 Both halves are the zoo's shared stacks (:mod:`zoo.models.blocks`): a causal masked mixer or
 a Llama stack, each described by a small dict.
@@ -38,8 +45,11 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.blocks import build_stack
+from zoo.models.noise import UniformNoise
+from zoo.quantize import get_vector_format, store_vector
 
 INJECTIONS = ("token", "embedding", "additive")
+NOISE_PLACES = ("after_down", "before_down")
 IGNORE_INDEX = -100
 
 
@@ -65,13 +75,20 @@ class EncoderAugmentedDecoder(nn.Module):
             ``n_heads`` (and ``n_kv_heads``, ``d_ff``, ...), mixers ``kernel`` and ``heads``.
         compression: ``d_c = encoder d_model // compression`` numbers in the vector.
         injection: ``token``, ``embedding`` or ``additive`` (module docstring).
-        vector_bits: bits per number of the vector, for :attr:`side_bits_per_sequence`
-            (32 for the float32 vector as trained; less once it is quantised).
+        vector_format: the format the vector is stored in, in training (straight-through
+            rounding) and evaluation: ``fp32``, ``bf16``, ``fp16``, ``fp8_e4m3``, ``fp8_e5m2``
+            or ``int8`` (:data:`zoo.quantize.VECTOR_FORMATS`). Sets the vector's cost.
+        vector_bits: charge this many bits per number instead of the format's own (e.g. the
+            rate of an entropy coder); ``None``: the format's bits (and overhead).
+        noise_q: half-width of the uniform training noise (0: none; the paper: 2⁻⁴).
+        noise_at: ``after_down`` (noise on the vector) or ``before_down`` (on the encoder
+            state before ``down``).
         pad_id: token id the encoder reads at unscored positions (masked out anyway).
 
     Attributes:
-        side_bits_per_sequence: ``d_c × vector_bits``, the bits the decoder gets for free
-            per sequence (n_p × b_p in the paper); an honest BPB adds them.
+        side_bits_per_sequence: the bits that store the vector (``d_c × bits`` + the format's
+            overhead), which the decoder gets for free per sequence (n_p × b_p in the paper);
+            an honest BPB adds them. Follows :meth:`set_vector_format`.
         needs_targets: True: :meth:`forward` wants the batch's labels (the encoder's input).
         block_classes: the repeated blocks of both stacks (the units FSDP shards).
     """
@@ -86,7 +103,10 @@ class EncoderAugmentedDecoder(nn.Module):
         decoder: Mapping[str, Any],
         compression: int = 4,
         injection: str = "token",
-        vector_bits: int = 32,
+        vector_format: str = "fp32",
+        vector_bits: float | None = None,
+        noise_q: float = 0.0,
+        noise_at: str = "after_down",
         pad_id: int = 1,
     ) -> None:
         super().__init__()
@@ -99,11 +119,16 @@ class EncoderAugmentedDecoder(nn.Module):
         d_enc, d_dec = int(encoder["d_model"]), int(decoder["d_model"])
         if compression < 1 or d_enc % compression:
             raise ValueError(f"encoder d_model={d_enc} is not divisible by compression={compression}")
-        if vector_bits <= 0:
+        if vector_bits is not None and vector_bits <= 0:
             raise ValueError(f"vector_bits must be positive, got {vector_bits}")
+        if noise_at not in NOISE_PLACES:
+            raise ValueError(f"noise_at must be one of {', '.join(NOISE_PLACES)}; got {noise_at!r}")
         self.n_ctx, self.injection, self.pad_id = n_ctx, injection, pad_id
         self.d_c = d_enc // compression
-        self.side_bits_per_sequence = float(self.d_c * vector_bits)
+        self.vector_bits = vector_bits
+        self.set_vector_format(vector_format)
+        self.noise_at = noise_at
+        self.noise = UniformNoise(noise_q)
 
         self.enc_embed = nn.Embedding(vocab_size, d_enc)
         self.encoder = build_stack(encoder, n_ctx)
@@ -120,9 +145,18 @@ class EncoderAugmentedDecoder(nn.Module):
         nn.init.normal_(self.enc_embed.weight, std=self.encoder.embedding_std)
         nn.init.normal_(self.dec_embed.weight, std=self.decoder.embedding_std)
 
+    def set_vector_format(self, name: str) -> None:
+        """Store the vector in format ``name`` from now on; its cost follows."""
+        self.vector_format = get_vector_format(name)
+        bits = self.vector_format.bits_per_vector(self.d_c)
+        if self.vector_bits is not None:
+            bits = self.d_c * self.vector_bits
+        self.side_bits_per_sequence = float(bits)
+
     # ------------------------------------------------------------------ halves
     def encode(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """The compressed vector ``[B, d_c]``: encoder state at each row's last real position.
+        """The compressed vector ``[B, d_c]``: encoder state at each row's last real position,
+        projected by ``down`` (with the training noise) and stored in ``vector_format``.
 
         ``mask`` ``[B, T]`` marks real tokens (1) and pads (0); left-padded rows read the last
         position, right-padded rows (a packed split's final window) their last real one.
@@ -132,7 +166,12 @@ class EncoderAugmentedDecoder(nn.Module):
             last = torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
         else:
             last = last_valid(mask)
-        return self.down(hidden[torch.arange(tokens.shape[0], device=tokens.device), last])
+        state = hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
+        if self.noise_at == "before_down":
+            vector = self.down(self.noise(state))
+        else:
+            vector = self.noise(self.down(state))
+        return store_vector(vector, self.vector_format)
 
     def decode(self, input_ids: Tensor, attention_mask: Tensor | None, vector: Tensor) -> Tensor:
         """Next-token logits ``[B, T, V]`` of ``input_ids`` given the vector ``[B, d_c]``."""
