@@ -33,6 +33,14 @@ from zoo.errors import ZooError, did_you_mean
 from zoo.lit.language_model import LanguageModelTask
 from zoo.loggers import build_logger
 from zoo.models import build_model
+from zoo.models.adapters import (
+    base_model_config,
+    is_adapted,
+    load_base_state,
+    merge_adapter,
+    save_adapter,
+)
+from zoo.models.moe import parameter_counts
 from zoo.pretrained import (
     load_pretrained,
     model_state,
@@ -134,7 +142,7 @@ def init_weights_from(task: LanguageModelTask, source: str, tokenizer: Any) -> N
             f"data.tokenizer.path={hint}"
         )
     try:
-        task.model.load_state_dict(state)
+        load_base_state(task.model, state)  # an adapted model: into its frozen base
     except RuntimeError as e:
         raise ZooError(f"init_from={source}: weights do not fit this model ({str(e).splitlines()[0]})") from e
 
@@ -146,6 +154,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config["seed"], workers=True)
 
+    if config["model"].get("adapter") is not None and not config.get("init_from"):
+        raise ZooError("model.adapter trains an adapter on a trained model: set init_from=PATH (its folder or .ckpt)")
     data_cfg = dict(config["data"])
     dm = TextDataModule(seed=config["seed"], **data_cfg)
     dm.prepare_data()
@@ -154,9 +164,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     if config.get("init_from"):
         init_weights_from(task, config["init_from"], dm.tokenizer)
-    n_params = sum(p.numel() for p in task.model.parameters())
-    n_train = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
-    rank_zero_info(f"model: {config['model'].get('family')} — {n_params:,} parameters ({n_train:,} trainable)")
+    n = parameter_counts(task.model)
+    rank_zero_info(
+        f"model: {config['model'].get('family')}{' + LoRA adapter' if is_adapted(task.model) else ''} — "
+        f"{n['total']:,} parameters ({n['trainable']:,} trainable, {n['active']:,} active per token)"
+    )
     rank_zero_info("data:\n" + dm.describe())
 
     logger = build_logger(config["logger"], run_dir, config["name"], config)
@@ -223,6 +235,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         exported = build_model(config["model"], dm.vocab_size, dm.n_ctx)
         source = best.best_model_path or str(ckpt_dir / "last.ckpt")
         exported.load_state_dict(model_state(read_checkpoint(source)))
+        if is_adapted(exported):  # the adapter alone, then the model with it merged in
+            spec["model"] = base_model_config(config["model"])
+            save_adapter(exported, run_dir / "adapter", spec, base=config.get("init_from"))
+            exported = merge_adapter(exported)
         save_pretrained(exported, dm.tokenizer, spec, run_dir / "model", metrics=report)
         print(format_report(report))
     return report

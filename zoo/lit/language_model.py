@@ -6,8 +6,15 @@ attributes are honoured: ``needs_targets`` (the model also gets ``targets=batch[
 the EACD's oracle encoder reads them) and ``side_bits_per_sequence`` (bits of side
 information the model gets for free per sequence). When the latter is > 0, the headline
 ``bpb`` (``val/bpb``, which picks the best checkpoint, and ``final/<split>/bpb``) CHARGES those
-bits, and ``bpb_free_vector`` is the same without them. Families that need more (an
-auxiliary loss) subclass and override :meth:`LanguageModelTask.forward`, not the steps.
+bits, and ``bpb_free_vector`` is the same without them. Families that need more subclass and
+override :meth:`LanguageModelTask.forward`, not the steps.
+
+Mixture-of-experts layers (:class:`zoo.models.moe.MoEFeedForward`, in any family) are found
+by type: their load-balancing losses (:func:`zoo.models.moe.auxiliary_loss`, each already
+weighted by its ``aux_loss_coef``) are added to the training loss and logged as
+``train/aux_loss``, and their routing feeds the router metrics (:mod:`zoo.metrics.router`:
+per-layer expert load and router entropy in bits), logged as ``train/router_*`` every step
+(that batch), ``val/router_*`` per validation and ``final/<split>/router_*`` in the report.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from zoo.metrics import language_metrics, token_stats, update_all
+from zoo.metrics.router import router_metrics, router_values, update_router_metrics
 from zoo.models import build_model
+from zoo.models.moe import auxiliary_loss, moe_layers
 
 #: names of the evaluation stages that keep their own metric state
 EVAL_STAGES = ("val", "report_train", "report_val", "report_test")
@@ -54,6 +63,12 @@ class LanguageModelTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model, vocab_size, n_ctx)
+        #: the model's mixture-of-experts layers (empty for dense models), and their router
+        #: metrics per stage ("fit": training, and the evaluation stages), one set per layer
+        self.moe_layers = moe_layers(self.model)
+        self.router_metrics = nn.ModuleDict({
+            s: router_metrics([m.n_experts for m in self.moe_layers]) for s in ("fit", *EVAL_STAGES)
+        }) if self.moe_layers else None
         self.optim = {
             "lr": 1e-3,
             "weight_decay": 0.1,
@@ -105,12 +120,24 @@ class LanguageModelTask(L.LightningModule):
         # averaged over processes, so a DDP run logs the same curve as one process would
         self.log("train/loss", stats.loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/bpb", bpb, prog_bar=True, batch_size=bs, sync_dist=True)
-        return stats.loss
+        loss = stats.loss
+        if self.moe_layers:
+            aux = auxiliary_loss(self.model)
+            loss = loss + aux
+            self.log("train/aux_loss", aux.detach(), batch_size=bs, sync_dist=True)
+            metrics = self.router_metrics["fit"]
+            for m in metrics:  # this batch's routing (all processes' tokens)
+                m.reset()
+            update_router_metrics(metrics, self.moe_layers)
+            self.log_dict(router_values(metrics, "train"), batch_size=bs)
+        return loss
 
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         stats = token_stats(self(batch), batch["labels"], batch["target_bytes"], with_entropy=True)
         m = self.metrics[stage]
         update_all(m, stats, n_sequences=batch["input_ids"].shape[0])
+        if self.moe_layers:
+            update_router_metrics(self.router_metrics[stage], self.moe_layers)
         prefix = "val" if stage == "val" else stage.replace("report_", "final/")
         for name, metric in m.items():
             self.log(f"{prefix}/{name}", metric, prog_bar=name == "bpb" and stage == "val",
@@ -122,6 +149,23 @@ class LanguageModelTask(L.LightningModule):
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Test loaders are the report's splits, named by :attr:`report_stages` in order."""
         self._eval_step(self.report_stages[dataloader_idx], batch)
+
+    def _log_router(self, stages: list[str]) -> None:
+        """Log (then reset) the router metrics of ``stages``; their values are already global."""
+        if not self.moe_layers:
+            return
+        for stage in stages:
+            prefix = "val" if stage == "val" else stage.replace("report_", "final/")
+            metrics = self.router_metrics[stage]
+            self.log_dict(router_values(metrics, prefix), add_dataloader_idx=False, rank_zero_only=True)
+            for m in metrics:
+                m.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_router(["val"])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_router(list(self.report_stages))
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> dict:

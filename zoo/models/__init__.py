@@ -4,7 +4,11 @@
 Families: ``llama`` (baseline causal transformer), ``mixer`` (masked-mixer causal LM),
 ``eacd`` (encoder-augmented causal decoder; it also takes ``targets=`` and declares
 ``needs_targets`` and ``side_bits_per_sequence``). Shared blocks live in
-:mod:`zoo.models.blocks`."""
+:mod:`zoo.models.blocks`.
+
+Two options apply to the families: ``moe:`` (``llama``, ``mixer``; a routed mixture of
+experts in place of every feed-forward layer, :mod:`zoo.models.moe`) and ``adapter:`` (any
+family; LoRA branches on the frozen model, :mod:`zoo.models.adapters`)."""
 
 from __future__ import annotations
 
@@ -35,14 +39,21 @@ def build_model(cfg: Mapping[str, Any], vocab_size: int, n_ctx: int) -> nn.Modul
     """Build the model a ``model:`` config section describes."""
     cfg = dict(cfg)
     family = cfg.pop("family", None)
+    adapter = cfg.pop("adapter", None)
     if family not in FAMILIES:
         raise unknown("model family", str(family), FAMILIES)
     try:
-        return FAMILIES[family](vocab_size=vocab_size, n_ctx=n_ctx, **cfg)
+        model = FAMILIES[family](vocab_size=vocab_size, n_ctx=n_ctx, **cfg)
+        if adapter is not None:
+            from zoo.models.adapters import add_lora
+
+            model = add_lora(model, adapter)
+        return model
     except TypeError as e:  # unknown keyword: name it and list what the family takes
         import inspect
 
         params = [p for p in inspect.signature(FAMILIES[family]).parameters if p not in ("vocab_size", "n_ctx")]
+        params.append("adapter")
         bad = next((k for k in cfg if k not in params), None)
         if bad is None:
             raise

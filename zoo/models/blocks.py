@@ -33,6 +33,7 @@ from transformers import LlamaModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from zoo.models.llama import llama_config
+from zoo.models.moe import MoEFeedForward, moe_options, use_moe_mlps
 
 #: builds the feed-forward layer of a block from its width (swap in an MoE layer here)
 FFNFactory = Callable[[int], nn.Module]
@@ -43,13 +44,15 @@ class FeedForward(nn.Module):
 
     Blocks take their feed-forward layer as a module (see :class:`MixerBlock`), so anything
     with the same ``[..., d] -> [..., d]`` call (e.g. a routed mixture of experts) can
-    replace it without touching the block.
+    replace it without touching the block. ``d_ff`` sets the hidden width directly
+    (default ``mult · d``).
     """
 
-    def __init__(self, d: int, mult: int = 4) -> None:
+    def __init__(self, d: int, mult: int = 4, d_ff: int | None = None) -> None:
         super().__init__()
-        self.fc_in = nn.Linear(d, mult * d)
-        self.fc_out = nn.Linear(mult * d, d)
+        hidden = d_ff or mult * d
+        self.fc_in = nn.Linear(d, hidden)
+        self.fc_out = nn.Linear(hidden, d)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[..., d] -> [..., d]``."""
@@ -180,6 +183,9 @@ class MixerStack(nn.Module):
             :class:`MaskedTokenMixer`).
         ffn_factory: builds each block's feed-forward layer from ``d`` (default
             :class:`FeedForward`).
+        moe: a ``model.moe`` section (:data:`zoo.models.moe.MOE_OPTIONS`): each block's
+            feed-forward layer becomes a :class:`zoo.models.moe.MoEFeedForward` whose
+            experts are :class:`FeedForward` s of width ``moe.d_ff`` (default ``4·d``).
     """
 
     block_class: type[nn.Module] = MixerBlock
@@ -192,15 +198,18 @@ class MixerStack(nn.Module):
         kernel: int = 1,
         heads: int = 1,
         ffn_factory: FFNFactory | None = None,
+        moe: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if moe is not None and ffn_factory is not None:
+            raise ValueError("give a mixer stack either ffn_factory or moe, not both")
         self.n_ctx, self.d = n_ctx, d
         #: scale of the embeddings this stack expects: N(0, 1), PyTorch's (and the paper's)
         #: default. Its blocks keep PyTorch's default initialisation, whose outputs are O(1);
         #: embeddings of std 0.02 would be drowned by them in the residual stream and the model
         #: sat on the unigram plateau (loss 6.83 vs 6.18 nats after 100 steps, d=128, 4k BPE).
         self.embedding_std = 1.0
-        make_ffn = ffn_factory or FeedForward
+        make_ffn = ffn_factory or (moe_ffn_factory(moe) if moe is not None else FeedForward)
         self.blocks = nn.ModuleList(
             MixerBlock(n_ctx, d, kernel=kernel, heads=heads, ffn=make_ffn(d)) for _ in range(n_layers)
         )
@@ -211,6 +220,13 @@ class MixerStack(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)
+
+
+def moe_ffn_factory(moe: Mapping[str, Any]) -> FFNFactory:
+    """Builds a :class:`zoo.models.moe.MoEFeedForward` of :class:`FeedForward` experts per block."""
+    opts = moe_options(moe)
+    d_ff = opts.pop("d_ff")
+    return lambda d: MoEFeedForward(d, lambda: FeedForward(d, d_ff=d_ff), **opts)
 
 
 class _NoTokenEmbedding(nn.Module):
@@ -234,7 +250,7 @@ class LlamaStack(nn.Module):
 
     Args:
         n_ctx: longest sequence; d: width; n_layers, n_heads, n_kv_heads, d_ff, rope_theta,
-            dropout, init_std: as in :class:`zoo.models.llama.CausalTransformer`.
+            dropout, init_std, moe: as in :class:`zoo.models.llama.CausalTransformer`.
     """
 
     #: the repeated block (the unit FSDP shards)
@@ -251,6 +267,7 @@ class LlamaStack(nn.Module):
         rope_theta: float = 10000.0,
         dropout: float = 0.0,
         init_std: float = 0.02,
+        moe: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.n_ctx, self.d = n_ctx, d
@@ -264,6 +281,8 @@ class LlamaStack(nn.Module):
         # 2-row embedding LlamaModel builds is dropped at once.
         self.hf = LlamaModel(self.config)
         self.hf.embed_tokens = _NoTokenEmbedding()
+        if moe is not None:
+            use_moe_mlps(self.hf.layers, self.config, moe)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Embeddings ``[B, T, d]`` (pads marked 0 in ``mask`` ``[B, T]``) → hidden ``[B, T, d]``."""
@@ -285,7 +304,8 @@ def build_stack(spec: Mapping[str, Any], n_ctx: int, width: int | None = None) -
     """Build a stack from ``{kind: mixer|llama, d_model, n_layers, ...}``.
 
     Mixer options: ``kernel``, ``heads``; Llama options: ``n_heads``, ``n_kv_heads``,
-    ``d_ff``, ``rope_theta``, ``dropout``, ``init_std``. ``width`` overrides ``d_model``
+    ``d_ff``, ``rope_theta``, ``dropout``, ``init_std``; both: ``moe`` (a mixture of experts
+    in place of every feed-forward layer). ``width`` overrides ``d_model``
     (a decoder that concatenates a vector to its embeddings is wider than them).
 
     Raises:

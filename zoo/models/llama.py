@@ -8,6 +8,9 @@ model stays reachable as ``.hf`` (for ``save_pretrained`` export and generation)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -72,6 +75,9 @@ class CausalTransformer(nn.Module):
             rounded to a multiple of 64).
         tie_embeddings: share input embedding and output head weights.
         init_std: standard deviation of the normal weight initialisation.
+        moe: a ``model.moe`` section (:data:`zoo.models.moe.MOE_OPTIONS`): every decoder
+            layer's SwiGLU ``mlp`` becomes a routed mixture of SwiGLU experts
+            (:func:`zoo.models.moe.use_moe_mlps`); ``None``: dense.
     """
 
     #: the repeated block: the unit FSDP shards (``trainer.strategy=fsdp`` / ``fsdp2``)
@@ -90,6 +96,7 @@ class CausalTransformer(nn.Module):
         dropout: float = 0.0,
         tie_embeddings: bool = False,
         init_std: float = 0.02,
+        moe: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.config = llama_config(
@@ -99,6 +106,10 @@ class CausalTransformer(nn.Module):
         )
         self.hf = LlamaForCausalLM(self.config)
         self.n_ctx = n_ctx
+        if moe is not None:
+            from zoo.models.moe import use_moe_mlps
+
+            use_moe_mlps(self.hf.model.layers, self.config, moe)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits ``[B, T, V]`` for ``input_ids`` ``[B, T]``.

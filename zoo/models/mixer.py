@@ -8,6 +8,9 @@ positional encoding. The blocks are the zoo's shared :class:`zoo.models.blocks.M
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +30,9 @@ class MaskedMixerLM(nn.Module):
         init_std: standard deviation of the embedding (and tied head) initialisation;
             default: what the mixer stack expects, N(0, 1) (see
             :attr:`MixerStack.embedding_std`).
+        moe: a ``model.moe`` section (:data:`zoo.models.moe.MOE_OPTIONS`): every block's
+            feed-forward layer becomes a routed mixture of :class:`FeedForward` experts;
+            ``None``: dense.
     """
 
     #: the repeated block: the unit FSDP shards (``trainer.strategy=fsdp`` / ``fsdp2``)
@@ -42,11 +48,12 @@ class MaskedMixerLM(nn.Module):
         heads: int = 1,
         tie_embeddings: bool = False,
         init_std: float | None = None,
+        moe: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.n_ctx = n_ctx
         self.embed = nn.Embedding(vocab_size, d_model)
-        self.stack = MixerStack(n_ctx, d_model, n_layers, kernel=kernel, heads=heads)
+        self.stack = MixerStack(n_ctx, d_model, n_layers, kernel=kernel, heads=heads, moe=moe)
         nn.init.normal_(self.embed.weight, std=self.stack.embedding_std if init_std is None else init_std)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
