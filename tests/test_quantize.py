@@ -222,3 +222,27 @@ def test_quantize_cli_prints_a_table_and_rejects_vector_modes_without_a_vector(n
     assert ["fp32", "int8", "vec:fp8_e5m2"] == [w for w in lines if w in ("fp32", "int8", "vec:fp8_e5m2")]
     bad = subprocess.run([*cmd[:4], "quantize=int4"], env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown quantize mode 'int4'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------------- 8-bit optimizer
+def test_adamw8bit_keeps_8bit_moments_and_trains(tmp_path, cache_dir) -> None:
+    """optim.name=adamw8bit: bitsandbytes' AdamW8bit on CPU, moments of large tensors in uint8."""
+    from zoo.lit.language_model import optimizer_class
+
+    assert optimizer_class("adamw") is torch.optim.AdamW
+    with pytest.raises(ZooError, match="unknown optim.name 'adam8'.*adamw8bit"):
+        optimizer_class("adam8")
+    cfg = compose("quickstart", [
+        "optim.name=adamw8bit", "model.d_model=64", "model.n_layers=1", "model.n_heads=2", "data.n_ctx=32",
+        "data.batch_size=4", "data.tokenizer.vocab_size=300", "data.tokenizer.train_bytes=200000",
+        "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false", "optim.warmup_steps=1", "logger=none", "report.splits=[val]",
+    ])
+    report = train(cfg, tmp_path / "run")
+    assert math.isfinite(report["splits"]["val"]["bpb"])
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    (opt_state,) = ckpt["optimizer_states"]
+    quant = [v.get("__bnb_optimizer_quant_state__", v) for v in opt_state["state"].values()]
+    dtypes = {(q["state1"].dtype, q["state2"].dtype) for q in quant if "state1" in q}
+    # 8-bit moments for tensors of >= 4096 numbers (bitsandbytes keeps smaller ones in float32)
+    assert (torch.uint8, torch.uint8) in dtypes

@@ -43,7 +43,8 @@ class LanguageModelTask(L.LightningModule):
     Args:
         model: the ``model:`` config section (``family`` plus its sizes).
         vocab_size: tokenizer size; ``n_ctx``: tokens per sample.
-        optim: ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``,
+        optim: ``name`` (``adamw``, or ``adamw8bit``: bitsandbytes' AdamW with 8-bit
+            moments), ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``,
             ``schedule`` (``cosine``, ``linear`` or ``constant``) and ``min_lr_ratio``.
     """
 
@@ -176,7 +177,7 @@ class LanguageModelTask(L.LightningModule):
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
-        opt = torch.optim.AdamW(
+        opt = optimizer_class(o.get("name", "adamw"))(
             [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
         )
@@ -202,6 +203,24 @@ def task_metrics(side_bits_per_sequence: float) -> MetricCollection:
     named["bpb_free_vector"] = named.pop("bpb")
     named["bpb"] = named.pop("bpb_with_side_info")
     return MetricCollection(named, compute_groups=False)
+
+
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """``adamw``: torch's AdamW. ``adamw8bit``: bitsandbytes' AdamW8bit, which keeps both
+    moments of every tensor with >= 4096 elements in 8 bits (block-wise quantised), a quarter
+    of AdamW's state memory for those tensors; it runs on CPU and CUDA."""
+    if name == "adamw":
+        return torch.optim.AdamW
+    if name == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit
+    from zoo.errors import unknown
+
+    raise unknown("optim.name", name, OPTIMIZERS)
 
 
 SCHEDULES = ("cosine", "linear", "constant")
