@@ -78,3 +78,43 @@ def test_fine_tune_from_a_published_name(name, cache_dir, tmp_path) -> None:
     base, _ = zoo.load(name)
     diff = max((a - b).abs().max().item() for a, b in zip(tuned.parameters(), base.parameters(), strict=True))
     assert 0 < diff < 0.05  # started from the published weights, moved one step
+
+
+def test_publish_pipeline_on_a_tiny_model(edu_dm, cache_dir, tmp_path, monkeypatch) -> None:
+    """python -m zoo.publish end to end on a tiny random mixer (eval on edu only, to stay fast):
+    bf16 decision, card with the rebuilt command, manifest, README table, recard."""
+    from omegaconf import OmegaConf
+
+    from zoo.config import compose
+    from zoo.models import build_model
+    from zoo.pretrained import save_pretrained
+    from zoo.publish import publish, recard, update_readme
+
+    monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    cfg = compose("mixer_clm", ["model.d_model=16", "model.n_layers=1", "data.n_ctx=64",
+                                "data.tokenizer.vocab_size=512", "data.tokenizer.train_bytes=1000000",
+                                f"data.cache_dir={cache_dir}"])
+    run = OmegaConf.to_container(cfg, resolve=True)
+    model = build_model(run["model"], edu_dm.vocab_size, 64)
+    src = save_pretrained(model, edu_dm.tokenizer, {"model": run["model"], "vocab_size": edu_dm.vocab_size,
+                                                    "n_ctx": 64, "layout": "packed", "run": run}, tmp_path / "run" / "model")
+    card = publish("tiny-edu", run=str(src), eval_data=["edu"], check_batches=1, readme=False, log=lambda *_: None)
+    words = card["command"].split()  # rebuilt from the run's config (no .hydra here), checked by composing it
+    assert words[:4] == ["python", "-m", "zoo.fit", "recipe=mixer_clm"]
+    assert {"model.d_model=16", "model.n_layers=1", "data.n_ctx=64", "data.tokenizer.vocab_size=512"} <= set(words)
+    assert "command_note" not in card
+    pc = card["precision_check"]
+    assert card["weights"] == ("bfloat16" if abs(pc["delta"]) <= pc["tolerance"] else "float32")
+    verify_manifest("tiny-edu")
+    folder = tmp_path / "checkpoints" / "tiny-edu"
+    assert read_card(folder)["check"]["max_batches"] == 1
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold\n{README_END}\nrest\n")
+    update_readme(readme)
+    text = readme.read_text()
+    assert "[`tiny-edu`]" in text and "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    recard("tiny-edu", readme=False, log=lambda *_: None)
+    verify_manifest("tiny-edu")
+    model2, _ = zoo.load("tiny-edu")
+    assert torch.allclose(model2.embed.weight, model.embed.weight.to(torch.bfloat16).float()
+                          if card["weights"] == "bfloat16" else model.embed.weight)

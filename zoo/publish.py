@@ -14,6 +14,7 @@ Usage (all ``key=value``):
   python -m zoo.publish name=llama-edu          # (re)publish checkpoints/llama-edu in place
   python -m zoo.publish readme                  # only regenerate README's model-zoo table
   python -m zoo.publish verify                  # check every published folder against the manifest
+  python -m zoo.publish recard [NAME ...]       # re-render cards from metrics.json (no re-evaluation)
 
 Options:
   run=PATH           a run folder (runs/NAME/<time>: its model/ is published) or a model folder;
@@ -146,15 +147,23 @@ def fit_command(run: Mapping[str, Any], run_dir: Path | None) -> tuple[str, str]
     command = " ".join(["python -m zoo.fit", f"recipe={recipe}", *overrides])
     note = ""
     try:
-        differs = _same_training(run, OmegaConf_to_dict(compose(recipe, overrides)))
+        now = OmegaConf_to_dict(compose(recipe, overrides))
+        fr, fn = _flatten(run), _flatten(now)
+        differs = _same_training(run, now)
     except ZooError as e:
-        differs = [str(e)]
-    if differs:
-        note = (
-            "The recipe has changed since this run; today the command composes a config that differs in "
-            + ", ".join(differs[:8]) + (" ..." if len(differs) > 8 else "")
-            + ". The run's exact config is `run:` in config.yaml."
+        fr, fn, differs = {}, {}, [str(e)]
+    added = [k for k in differs if k in fn and k not in fr]  # options the recipes gained after the run
+    changed = [k for k in differs if k not in added]
+    parts = []
+    if changed:
+        parts.append(
+            "The recipe has changed since this run: today the command composes a config that differs in "
+            + ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "") + "."
         )
+    if added:
+        parts.append("Options added to the recipes after this run (not in its config): " + ", ".join(added[:8]) + ".")
+    if parts:
+        note = " ".join(parts) + " The run's exact config is `run:` in config.yaml."
     return command, note
 
 
@@ -364,25 +373,62 @@ def publish(
     (final / CARD).write_text(render_card(card, spec))
     write_checksums(final)
 
-    # swap in atomically-ish: the old folder is kept until the new one is in place
-    target, old = root / name, root / f".{name}.old"
-    with manifest_lock(root):
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            target.rename(old)
-        final.rename(target)
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        manifest = read_manifest(root)
-        manifest["models"][name] = manifest_entry(card, target)
-        manifest["models"] = dict(sorted(manifest["models"].items()))
-        (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    target = _install(final, root, name, card)
     log(f"  wrote {target} and {root / MANIFEST}")
     if readme:
         path = update_readme()
         if path:
             log(f"  updated the model-zoo table in {path}")
+    return card
+
+
+def _install(final: Path, root: Path, name: str, card: Mapping[str, Any]) -> Path:
+    """Move ``final`` to ``root/name`` (the old folder is kept until the new one is in place)
+    and record it in the manifest."""
+    target, old = root / name, root / f".{name}.old"
+    with manifest_lock(root):
+        if old.exists():
+            shutil.rmtree(old)
+        if final != target:
+            if target.exists():
+                target.rename(old)
+            final.rename(target)
+            if final.parent.name.endswith(".staging"):
+                shutil.rmtree(final.parent, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        manifest = read_manifest(root)
+        manifest["models"][name] = manifest_entry(card, target)
+        manifest["models"] = dict(sorted(manifest["models"].items()))
+        (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return target
+
+
+def recard(name: str, readme: bool = True, log: Any = print) -> dict[str, Any]:
+    """Re-render ``checkpoints/NAME/card.md`` from its ``metrics.json`` (no re-evaluation: the
+    weights and measured numbers stay), refresh the training-command note, the checksums, the
+    manifest entry and the README table. For card-format changes."""
+    root = checkpoints_dir()
+    folder = root / name
+    metrics = _read_json(folder / METRICS)
+    if not metrics or "card" not in metrics:
+        raise ZooError(f"{folder} has no {METRICS} with a card; publish it with run=... instead")
+    card = dict(metrics["card"])
+    spec = yaml.safe_load((folder / "config.yaml").read_text())
+    run_dir = Path(card["run"]) if card.get("run") and Path(card["run"]).is_dir() else None
+    card["command"], note = fit_command(dict(spec.get("run") or {}), run_dir)
+    card.pop("command_note", None)
+    if note:
+        card["command_note"] = note
+    if card.get("run"):
+        card["run"] = _relative(Path(card["run"]))
+    metrics["card"] = card
+    (folder / METRICS).write_text(json.dumps(metrics, indent=1))
+    (folder / CARD).write_text(render_card(card, spec))
+    write_checksums(folder)
+    _install(folder, root, name, card)
+    log(f"re-rendered {folder / CARD}")
+    if readme:
+        update_readme()
     return card
 
 
@@ -531,7 +577,8 @@ def render_card(card: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
         lines.append(f"python -m zoo.export {name} out=exported/{name}   # plain transformers folder")
     recipe = re.search(r"recipe=(\S+)", card["command"])
     lines += [
-        f"python -m zoo.fit recipe={recipe[1] if recipe else 'NAME'} init_from={name}   # fine-tune (Lightning)",
+        f"python -m zoo.fit recipe={recipe[1] if recipe else 'NAME'} init_from={name} "
+        f"data.tokenizer.path=checkpoints/{name}/tokenizer.json   # fine-tune (Lightning)",
         "```",
         "",
         f"Files and their sha256 are listed in `checkpoints/{MANIFEST}` and in `{CHECKSUMS}`; both are checked on load.",
@@ -623,6 +670,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if argv == ["readme"]:
             path = update_readme()
             print(f"updated {path}" if path else "README.md has no model-zoo markers; nothing changed")
+            return
+        if argv and argv[0] == "recard":
+            for name in argv[1:] or read_manifest()["models"]:
+                recard(name)
             return
         if argv == ["verify"]:
             raise SystemExit(1 if verify_all() else 0)
