@@ -121,3 +121,14 @@ def test_published_llama_exports_to_plain_transformers(name, tmp_path) -> None:
     with torch.no_grad():
         want = model(ids)[0, :, :50]
     assert torch.allclose(torch.tensor(got["logits"]), want, atol=1e-4, rtol=0)
+
+
+def test_export_refuses_a_model_the_stock_architecture_cannot_hold(tok, tmp_path) -> None:
+    """A Llama whose MLPs were swapped for experts would load in plain transformers with missing
+    weights; the export's read-back check refuses it and leaves nothing behind."""
+    if "llama_moe_tiny" not in zoo.list_models():
+        pytest.skip("no MoE model config")
+    moe = zoo.create_model("llama_moe_tiny", vocab_size=len(tok), n_ctx=32, d_model=32, n_layers=1)
+    with pytest.raises(ZooError, match="does not reproduce the model"):
+        export(moe, tmp_path / "moe", tokenizer=tok)
+    assert not (tmp_path / "moe").exists()

@@ -7,7 +7,8 @@ Writes a plain Hugging Face folder (``config.json``, ``model.safetensors``,
     model = AutoModelForCausalLM.from_pretrained(FOLDER)
     tokenizer = AutoTokenizer.from_pretrained(FOLDER)
 
-load with no zoo code, giving the zoo model's logits (tested). NAME is a published model or
+load with no zoo code, giving the zoo model's logits (checked on every export by loading it
+back, and tested in a separate interpreter). NAME is a published model or
 any model folder. Families without a ``transformers`` equivalent (the masked mixer, the EACD)
 are refused with a clear message.
 
@@ -45,6 +46,29 @@ def hf_model(model: nn.Module) -> Any:
     return hf
 
 
+def _verify(hf: Any, out: Path) -> None:
+    """Load ``out`` back with plain ``AutoModelForCausalLM`` and compare logits with ``hf``: a
+    model whose layers the stock architecture lacks (a mixture of experts, an unmerged adapter)
+    would load with missing weights and silently differ, so it is refused instead."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ref = copy.deepcopy(hf).float().eval()
+    n = min(16, int(hf.config.max_position_embeddings))
+    ids = torch.randint(2, int(hf.config.vocab_size), (1, n), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (loaded(ids).logits - ref(ids).logits).abs().max().item()
+    if not diff <= 1e-4:
+        shutil.rmtree(out, ignore_errors=True)
+        raise ZooError(
+            f"the export does not reproduce the model (max logit difference {diff:.3g} after loading with "
+            f"AutoModelForCausalLM): it has layers the stock {type(hf).__name__} lacks (a mixture of experts, "
+            "an unmerged adapter?); nothing was written"
+        )
+
+
 def export(name_or_path: str | Path | nn.Module, out: str | Path, tokenizer: Any = None,
            dtype: torch.dtype = torch.float32) -> Path:
     """Write ``name_or_path`` (a published name, a model folder, or a loaded model with
@@ -69,6 +93,7 @@ def export(name_or_path: str | Path | nn.Module, out: str | Path, tokenizer: Any
     tok = copy.deepcopy(tokenizer)
     tok.model_max_length = int(hf.config.max_position_embeddings)
     tok.save_pretrained(out)
+    _verify(hf, out)
     (out / "README.md").write_text(
         f"# {Path(str(source)).name}\n\nExported from the zoo model `{source}` with `python -m zoo.export`.\n\n"
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
