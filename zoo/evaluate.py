@@ -22,6 +22,7 @@ Options (all ``key=value``):
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -98,11 +99,17 @@ def score(task: LanguageModelTask, loader: Any, split: str, max_batches: int | N
           accelerator: str = "auto") -> dict[str, float]:
     """The task's evaluation metrics (``bpb``, ``ce``, ...) over ``loader`` with a real Trainer."""
     task.report_stages = [f"report_{split}"]
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-        limit_test_batches=max_batches, enable_model_summary=False, enable_progress_bar=False,
-    )
-    (metrics,) = trainer.test(task, dataloaders=loader, verbose=False)
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # not "GPU available: False" once per scoring
+    try:
+        trainer = L.Trainer(
+            accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+            limit_test_batches=max_batches, enable_model_summary=False, enable_progress_bar=False,
+        )
+        (metrics,) = trainer.test(task, dataloaders=loader, verbose=False)
+    finally:
+        quiet.setLevel(level)
     return {k.split("/")[-1]: float(v) for k, v in metrics.items()}
 
 
