@@ -157,10 +157,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if config["model"].get("adapter") is not None and not config.get("init_from"):
         raise ZooError("model.adapter trains an adapter on a trained model: set init_from=PATH (its folder or .ckpt)")
     data_cfg = dict(config["data"])
-    dm = TextDataModule(seed=config["seed"], **data_cfg)
+    if config.get("entropy"):  # estimates in the batches and/or a document budget (zoo.entropy)
+        from zoo.entropy.data import EntropyDataModule
+
+        dm = EntropyDataModule(seed=config["seed"], entropy=config["entropy"], **data_cfg)
+    else:
+        dm = TextDataModule(seed=config["seed"], **data_cfg)
     dm.prepare_data()
     task = LanguageModelTask(
-        model=config["model"], vocab_size=dm.vocab_size, n_ctx=dm.n_ctx, optim=config["optim"]
+        model=config["model"], vocab_size=dm.vocab_size, n_ctx=dm.n_ctx, optim=config["optim"],
+        loss=config.get("loss"),
     )
     if config.get("init_from"):
         init_weights_from(task, config["init_from"], dm.tokenizer)
@@ -194,6 +200,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             batch_size_fn=lambda b: b["input_ids"].shape[0], length_fn=lambda b: b["input_ids"].numel(),
             window_size=20,
         ))
+    if config.get("weight_entropy"):  # per-layer weight entropy over training + a PNG (zoo.entropy.weights)
+        from zoo.entropy.weights import WeightEntropy
+
+        callbacks.append(WeightEntropy(out_dir=run_dir, **config["weight_entropy"]))
     trainer_cfg = dict(config["trainer"])
     vci, max_steps = trainer_cfg.get("val_check_interval"), trainer_cfg.get("max_steps", -1)
     if isinstance(vci, int) and 0 < max_steps < vci:  # validate (and keep a best checkpoint) at least once

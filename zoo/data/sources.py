@@ -874,3 +874,7 @@ def build_source(spec: Mapping[str, Any] | str) -> Source:
     options.update(spec)
     cls, _ = _REGISTRY[name]
     return cls(name, options)
+
+
+# the synthetic source with an exactly known entropy rate registers itself as 'markov'
+import zoo.data.markov  # noqa: E402,F401  (after the registry: it subclasses Source)

@@ -29,6 +29,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from zoo.metrics import language_metrics, token_stats, update_all
+from zoo.metrics.entropy import EntropyGap, entropy_aware_loss, loss_options
 from zoo.metrics.router import router_metrics, router_values, update_router_metrics
 from zoo.models import build_model
 from zoo.models.moe import auxiliary_loss, moe_layers
@@ -46,6 +47,9 @@ class LanguageModelTask(L.LightningModule):
         optim: ``name`` (``adamw``, or ``adamw8bit``: bitsandbytes' AdamW with 8-bit
             moments), ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``,
             ``schedule`` (``cosine``, ``linear`` or ``constant``) and ``min_lr_ratio``.
+        loss: the training loss, ``{kind: ce | entropy_l1 | entropy_clip, alpha: 2.5}``
+            (:mod:`zoo.metrics.entropy`): entropy-aware kinds read per-token estimates from
+            the batch's ``entropy`` (nats, aligned with ``labels``). Evaluation is plain CE.
     """
 
     #: bits of side information the model receives per sequence (the EACD's vector); taken
@@ -60,6 +64,7 @@ class LanguageModelTask(L.LightningModule):
         vocab_size: int,
         n_ctx: int,
         optim: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -80,6 +85,8 @@ class LanguageModelTask(L.LightningModule):
             "min_lr_ratio": 0.1,
             **dict(optim or {}),
         }
+        self.loss_cfg = loss_options(loss)
+        self.train_entropy_gap = EntropyGap()
         self.refresh_metrics()
 
     def refresh_metrics(self) -> None:
@@ -122,6 +129,15 @@ class LanguageModelTask(L.LightningModule):
         self.log("train/loss", stats.loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/bpb", bpb, prog_bar=True, batch_size=bs, sync_dist=True)
         loss = stats.loss
+        if "entropy" in batch:  # per-token entropy estimates came with the data
+            self.train_entropy_gap(stats.nll, batch["entropy"], stats.valid)
+            self.log("train/entropy_gap", self.train_entropy_gap, batch_size=bs)
+        if self.loss_cfg["kind"] != "ce":
+            if "entropy" not in batch:
+                raise RuntimeError(f"loss.kind={self.loss_cfg['kind']} needs per-token estimates in the batch "
+                                   "('entropy'): train with entropy.estimates=DIR (python -m zoo.entropy estimate)")
+            loss = entropy_aware_loss(stats.nll, stats.valid, batch["entropy"], **self.loss_cfg)
+            self.log("train/objective", loss.detach(), batch_size=bs, sync_dist=True)
         if self.moe_layers:
             aux = auxiliary_loss(self.model)
             loss = loss + aux
