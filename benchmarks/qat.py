@@ -14,9 +14,29 @@ from __future__ import annotations
 
 import sys
 
-from zoo.evaluate import evaluate_quantized
+import torch
+
+from zoo.evaluate import evaluate_quantized, prepare
+from zoo.quantize import get_vector_format
 
 MODES = "fp32,bf16,int8,nf4,vec:bf16,vec:int8,vec:fp8_e4m3,vec:fp8_e5m2,int8+vec:fp8_e4m3"
+
+
+@torch.no_grad()
+def vector_stats(path: str, max_batches: int | None) -> dict[str, float]:
+    """RMS and largest magnitude of the model's vector over the val batches it is scored on,
+    and its mean relative error when stored in E4M3 (which saturates at 448)."""
+    task, dm = prepare(path, "val")
+    model = task.model.eval()
+    vectors = []
+    for i, batch in enumerate(dm.eval_dataloader("val")):
+        if max_batches is not None and i >= max_batches:
+            break
+        vectors.append(model.vector(batch["input_ids"], batch["attention_mask"], batch["labels"]))
+    v = torch.cat(vectors)
+    e4m3 = get_vector_format("fp8_e4m3").round_trip(v)
+    return {"rms": v.pow(2).mean().sqrt().item(), "max |v|": v.abs().max().item(),
+            "E4M3 rel. error": ((e4m3 - v).norm(dim=-1) / v.norm(dim=-1)).mean().item()}
 
 
 def main(argv: list[str]) -> None:
@@ -30,6 +50,10 @@ def main(argv: list[str]) -> None:
     results = {name: {r["mode"]: r for r in evaluate_quantized(path, modes, max_batches=max_batches, accelerator="cpu")}
                for name, path in models.items()}
     names = list(results)
+    print("vector statistics on the evaluated batches (why a format helps or hurts):")
+    for name, path in models.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in vector_stats(path, max_batches).items()))
+    print()
     first = results[names[0]]
     head = "| mode | weights (bytes) | vector bits | " + " | ".join(
         f"{n}: BPB free vector (Δ) | {n}: honest BPB" for n in names) + " |"

@@ -201,9 +201,13 @@ class EncoderAugmentedDecoder(nn.Module):
     ) -> Tensor:
         """Logits ``[B, T, V]``. The encoder reads ``targets`` (the batch's labels: the tokens
         the decoder predicts; ``-100`` = nothing there) or, without them, ``input_ids``."""
+        return self.decode(input_ids, attention_mask, self.vector(input_ids, attention_mask, targets))
+
+    def vector(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, targets: Tensor | None = None
+    ) -> Tensor:
+        """The vector ``[B, d_c]`` :meth:`forward` gives the decoder for this batch."""
         if targets is not None:
             enc_mask = targets != IGNORE_INDEX
-            enc_tokens = targets.masked_fill(~enc_mask, self.pad_id)
-        else:
-            enc_tokens, enc_mask = input_ids, attention_mask
-        return self.decode(input_ids, attention_mask, self.encode(enc_tokens, enc_mask))
+            return self.encode(targets.masked_fill(~enc_mask, self.pad_id), enc_mask)
+        return self.encode(input_ids, attention_mask)
