@@ -46,6 +46,8 @@ COMMANDS = {
     "regress": ("estimates", "steps", "batch_size", "lr", "held_out", "seed", "stack", "out", "json"),
     "summary": ("estimates", "json"),
 }
+#: options whose values are taken as the typed string
+RAW = ("checkpoint", "out", "estimates", "json", "split")
 
 
 def parse(command: str, argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
@@ -56,6 +58,10 @@ def parse(command: str, argv: Sequence[str]) -> tuple[dict[str, Any], str | None
     group = next((a.split("=", 1)[1] for a in argv if a.startswith("data=")), None)
     args = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in argv if not a.startswith("data=")]))
     assert isinstance(args, dict)
+    for a in argv:  # paths and names as typed (YAML would read `-` as a list, `1e3` as a number)
+        key, value = a.split("=", 1)
+        if key in RAW:
+            args[key] = value
     for key in args:
         if key not in COMMANDS[command]:
             raise unknown(f"option of '{command}'", str(key), COMMANDS[command])

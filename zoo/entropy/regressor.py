@@ -35,12 +35,15 @@ class EntropyRegressor(nn.Module):
 
     Args:
         vocab_size, n_ctx: the tokenizer's size and the longest sequence.
-        stack: a :func:`build_stack` spec (default: Llama, d=64 × 2 layers, 4 heads).
+        stack: a :func:`build_stack` spec; keys not given come from the default (Llama,
+            d=64 × 2 layers, 4 heads).
     """
 
     def __init__(self, vocab_size: int, n_ctx: int, stack: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        spec = dict(stack or DEFAULT_STACK)
+        spec = {**DEFAULT_STACK, **dict(stack or {})}  # given keys over the default Llama stack
+        if spec["kind"] != "llama" and "n_heads" not in (stack or {}):
+            spec.pop("n_heads")
         self.spec, self.vocab_size, self.n_ctx = spec, vocab_size, n_ctx
         self.embed = nn.Embedding(vocab_size, int(spec["d_model"]))
         self.stack = build_stack(spec, n_ctx)
