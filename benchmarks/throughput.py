@@ -1,0 +1,520 @@
+"""Training and evaluation throughput of every family, side by side with plain PyTorch and
+with the machine's own arithmetic ceiling.
+
+For each family (causal transformer ``llama``, masked mixer ``mixer``, encoder-augmented
+decoder ``eacd`` with Llama encoder and decoder, and the Llama ``moe``) at two sizes
+(d=128 x 4 layers and d=256 x 6 layers; n_ctx 256, batch 8, the quickstart's 4k BPE on the
+embedded edu corpus, packed windows), in ONE run on one machine, it measures:
+
+* **training tokens/s** through :class:`zoo.lit.language_model.LanguageModelTask` and a
+  Lightning ``Trainer`` set up as ``zoo.fit`` sets it up (the same callbacks: non-finite
+  guard, RNG state, checkpoint callbacks, throughput and learning-rate monitors, a CSV
+  logger every 10 steps; gradient clipping 1.0 as in ``recipes/trainer/cpu.yaml``; no
+  progress bar), and through a minimal hand-written loop over the SAME ``nn.Module`` with
+  the same data loader, the same AdamW (the task's parameter groups), the same clipping and
+  the same loss (cross-entropy, plus the MoE load-balancing loss). The plain loop is timed
+  in two halves, before and after the Lightning run, so a drift in the machine's speed
+  affects both sides alike. ``Lightning / plain`` is the framework's overhead.
+* **model FLOP utilisation (MFU)**: training FLOPs per token x tokens/s / the fp32
+  ``torch.mm`` peak this script measures first (best of several 2048^3 products on CPU,
+  8192^3 on CUDA). Training FLOPs per token (3 x forward: forward, and backward = 2 x forward)::
+
+      6 * N_mm  +  12 * L_attn * T * d  +  6 * L_mix * T * d
+
+  ``N_mm``: weights of every ``nn.Linear`` a token passes through (output head included,
+  embeddings excluded as lookups; in an MoE layer the router and ``k`` of its experts);
+  ``L_attn``: attention layers (``QK^T`` and ``AV``, 2 x 2 x T x d forward, counted over the
+  full window as in PaLM's MFU, not halved for causality); ``L_mix``: masked token mixers
+  (a dense ``T x T`` by ``T x d`` product per layer, 2 x T x d forward per token: the masked
+  upper triangle is multiplied too); ``T`` the positions the stack runs (the EACD's decoder
+  runs T + 1 with its vector token, counted per input token). The script also counts the
+  FLOPs of one real training step with ``torch.utils.flop_counter.FlopCounterMode``
+  (matmuls, convolutions, attention) as a check of the formula (``flops_counted``).
+* **evaluation tokens/s** the way ``zoo.evaluate.score`` runs it (a ``Trainer.test`` of the
+  task: one log-softmax shared by NLL, BPB and entropy, six metrics updated and logged per
+  batch) vs a bare ``inference_mode`` forward pass over the same batches
+  (``metrics / bare`` is the cost of the metrics).
+* **data wait**: time spent fetching batches from the ``TextDataModule`` loader (num_workers
+  as given, default 0 like the recipes) inside the timed Lightning window, as a fraction of it.
+* **peak memory** of training: on CPU the process's peak RSS (``ru_maxrss``, each
+  configuration runs in a fresh process) minus its RSS before the model was built; on CUDA
+  ``torch.cuda.max_memory_allocated``. Beside it: parameters + gradients + AdamW's two
+  moments (4 x 4 bytes per parameter in fp32); the rest is activations, the ``[B, T, V]``
+  logits and their gradient, and the allocator's slack.
+
+Writes ``benchmarks/results/throughput.{md,json}`` and prints the table.
+
+    python benchmarks/throughput.py [--steps 15] [--warmup 5] [--device cpu|cuda]
+                                    [--families llama,mixer,eacd,moe] [--sizes 128,256] [--compile]
+
+``--compile`` adds, per configuration, the plain loop with ``model.compile()``
+(``torch.compile`` of the model, in place, state-dict keys unchanged; its warm-up is
+excluded from the rate and reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FAMILIES = ("llama", "mixer", "eacd", "moe")
+SIZES = {128: 4, 256: 6}  # d_model -> layers (llama_tiny and llama_small)
+LABELS = {"llama": "causal transformer", "mixer": "masked mixer", "eacd": "EACD (Llama enc + dec)",
+          "moe": "MoE Llama (4 experts, top-2)"}
+
+
+def model_config(family: str, d: int) -> dict[str, Any]:
+    """The ``model:`` section of each benchmarked configuration."""
+    layers = SIZES[d]
+    llama = {"family": "llama", "d_model": d, "n_layers": layers, "n_heads": 4}
+    if family == "llama":
+        return llama
+    if family == "mixer":
+        return {"family": "mixer", "d_model": d, "n_layers": layers, "kernel": 1, "heads": 1, "tie_embeddings": False}
+    if family == "eacd":
+        stack = {"kind": "llama", "d_model": d, "n_layers": layers, "n_heads": 4}
+        return {"family": "eacd", "compression": 4, "injection": "token", "vector_format": "fp32",
+                "encoder": stack, "decoder": dict(stack)}
+    if family == "moe":  # as recipes/model/llama_moe_tiny.yaml: k x d_ff = the dense SwiGLU width
+        dense = 64 * round(4 * d * 2 / 3 / 64)
+        return {**llama, "moe": {"n_experts": 4, "k": 2, "d_ff": dense // 2, "capacity_factor": 1.25,
+                                 "jitter": 0.01, "aux_loss_coef": 0.01}}
+    raise ValueError(f"unknown family {family!r}; available: {', '.join(FAMILIES)}")
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def matmul_weights(module) -> int:
+    """``N_mm``: weights of the ``nn.Linear`` s one token passes through (MoE: router + k experts)."""
+    from torch import nn
+
+    from zoo.models.moe import MoEFeedForward
+
+    total, inside_moe = 0, set()
+    for m in module.modules():
+        if isinstance(m, MoEFeedForward):
+            expert = sum(x.weight.numel() for x in m.experts[0].modules() if isinstance(x, nn.Linear))
+            total += m.router.weight.numel() + m.k * expert
+            inside_moe.update(id(x) for x in m.modules())
+    for m in module.modules():
+        if isinstance(m, nn.Linear) and id(m) not in inside_moe:
+            total += m.weight.numel()
+    return total
+
+
+def mixing_flops(module, positions: int) -> int:
+    """Forward FLOPs per position of the token-mixing layers: attention 4·T·d, masked mixer 2·T·d."""
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    from zoo.models.blocks import MaskedTokenMixer
+
+    flops = 0
+    for m in module.modules():
+        if isinstance(m, LlamaAttention):
+            flops += 4 * positions * m.config.num_attention_heads * m.head_dim
+        elif isinstance(m, MaskedTokenMixer):
+            flops += 2 * positions * m.d
+    return flops
+
+
+def train_flops_per_token(model, n_ctx: int) -> float:
+    """Training FLOPs per input token: 3 x (2 N_mm + mixing), per family (module docstring)."""
+    from zoo.models.eacd import EncoderAugmentedDecoder
+
+    if isinstance(model, EncoderAugmentedDecoder):
+        p_dec = n_ctx + 1 if model.injection == "token" else n_ctx
+        fwd = 2 * matmul_weights(model.encoder) + mixing_flops(model.encoder, n_ctx)
+        fwd += p_dec / n_ctx * (2 * matmul_weights(model.decoder) + mixing_flops(model.decoder, p_dec))
+        fwd += 2 * matmul_weights(model.head)
+        fwd += 2 * (matmul_weights(model.down) + (matmul_weights(model.up) if hasattr(model, "up") else 0)) / n_ctx
+        return 3.0 * fwd
+    return 3.0 * (2 * matmul_weights(model) + mixing_flops(model, n_ctx))
+
+
+# ----------------------------------------------------------------------------- timing helpers
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device, dtype_name: str = "float32", n: int | None = None, reps: int = 10) -> float:
+    """Best ``torch.mm`` rate in FLOP/s over ``reps`` products of two n x n matrices."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (``ru_maxrss``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class TimedLoader:
+    """Wraps a data loader; records the start and duration of every batch fetch."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.fetches: list[tuple[float, float]] = []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.fetches.append((t0, time.perf_counter() - t0))
+            yield batch
+
+    def wait_between(self, t0: float, t1: float) -> float:
+        """Seconds spent fetching batches whose fetch started in ``[t0, t1]``."""
+        return sum(d for s, d in self.fetches if t0 <= s <= t1)
+
+
+def forever(loader):
+    """Batches of ``loader``, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+# ----------------------------------------------------------------------------- one configuration
+def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
+    """All measurements of one configuration (run in a fresh process: its peak RSS is its own)."""
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+    from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zoo.callbacks import NonFiniteGuard, RNGState, SaveOnInterrupt
+    from zoo.data.datamodule import TextDataModule
+    from zoo.lit.language_model import LanguageModelTask, optimizer_class
+    from zoo.metrics import IGNORE_INDEX
+    from zoo.models.moe import auxiliary_loss
+
+    device = torch.device(args.device)
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    dm = TextDataModule(sources=[{"name": "edu"}], layout="packed", n_ctx=args.n_ctx, batch_size=args.batch_size,
+                        eval_batch_size=args.batch_size, tokenizer={"vocab_size": args.vocab_size},
+                        num_workers=args.num_workers, seed=1234)
+    dm.prepare_data()
+    dm.setup()
+    L.seed_everything(0, verbose=False)
+    rss_before = rss_bytes()
+    optim = {"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"}
+    task = LanguageModelTask(model=model_config(family, d), vocab_size=dm.vocab_size, n_ctx=args.n_ctx, optim=optim)
+    model = task.model.to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    flops_formula = train_flops_per_token(model, args.n_ctx)
+    tokens_per_step = args.batch_size * args.n_ctx
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    out: dict[str, Any] = {"family": family, "label": LABELS[family], "d_model": d, "n_layers": SIZES[d],
+                           "params": n_params, "flops_per_token": flops_formula, "tokens_per_step": tokens_per_step}
+
+    # ---- the plain PyTorch loop: same module, loader, optimizer groups, clipping and loss
+    decay, no_decay = [], []
+    for name, p in task.named_parameters():
+        (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
+    opt = optimizer_class("adamw")([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                   lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    needs_targets = getattr(model, "needs_targets", False)
+    train_batches = forever(dm.train_dataloader())
+
+    def plain_step(batch) -> torch.Tensor:
+        ids, labels = batch["input_ids"], batch["labels"]
+        mask = batch.get("attention_mask")
+        logits = model(ids, attention_mask=mask, targets=labels) if needs_targets else model(ids, attention_mask=mask)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        aux = auxiliary_loss(model)
+        if aux is not None:
+            loss = loss + aux
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    def to_device(batch):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def plain_train(warmup: int, steps: int) -> tuple[float, float]:
+        """Seconds for ``steps`` timed steps after ``warmup``, and the seconds of it spent fetching."""
+        model.train()
+        for _ in range(warmup):
+            plain_step(to_device(next(train_batches)))
+        sync(device)
+        wait, t0 = 0.0, time.perf_counter()
+        for _ in range(steps):
+            f0 = time.perf_counter()
+            batch = next(train_batches)
+            wait += time.perf_counter() - f0
+            plain_step(to_device(batch))
+        sync(device)
+        return time.perf_counter() - t0, wait
+
+    # FLOPs of one real training step, counted by PyTorch (a check of the formula)
+    counter = FlopCounterMode(display=False)
+    batch = to_device(next(train_batches))
+    with counter:
+        plain_step(batch)
+    out["flops_counted"] = counter.get_total_flops() / tokens_per_step
+
+    half = args.steps // 2
+    t_a, _ = plain_train(args.warmup, half)
+
+    # ---- Lightning: zoo.fit's Trainer set-up
+    class Window(Callback):
+        """Wall time of training / test batches ``warmup .. warmup + steps - 1``."""
+
+        def __init__(self) -> None:
+            self.t0 = self.t1 = 0.0
+
+        def _start(self, batch_idx: int) -> None:
+            if batch_idx == args.warmup:
+                sync(device)
+                self.t0 = time.perf_counter()
+
+        def _end(self, batch_idx: int) -> None:
+            if batch_idx == args.warmup + args.steps - 1:
+                sync(device)
+                self.t1 = time.perf_counter()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self._start(batch_idx)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self._end(batch_idx)
+
+        def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+            self._start(batch_idx)
+
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+            self._end(batch_idx)
+
+    precision = "bf16-mixed" if args.precision == "bf16" else "32-true"
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt_dir = Path(tmp) / "checkpoints"
+        window = Window()
+        callbacks = [
+            ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/bpb", mode="min", save_top_k=1),
+            ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=0, save_last=False,
+                            every_n_train_steps=100),
+            RNGState(), SaveOnInterrupt(ckpt_dir / "last.ckpt"), NonFiniteGuard("stop"),
+            LearningRateMonitor(logging_interval="step"),
+            ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
+                              length_fn=lambda b: b["input_ids"].numel(), window_size=20),
+            window,
+        ]
+        trainer = L.Trainer(
+            accelerator=accelerator, devices=1, precision=precision, max_steps=args.warmup + args.steps,
+            max_epochs=-1, gradient_clip_val=1.0, log_every_n_steps=10, limit_val_batches=0,
+            num_sanity_val_steps=0, logger=CSVLogger(tmp, name="csv"), callbacks=callbacks,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp,
+            use_distributed_sampler=False,
+        )
+        loader = TimedLoader(dm.train_dataloader())
+        trainer.fit(task, train_dataloaders=loader)
+    t_lightning = window.t1 - window.t0
+    out["data_wait"] = loader.wait_between(window.t0, window.t1) / t_lightning
+    t_b, _ = plain_train(2, args.steps - half)
+    out["plain_tokens_per_s"] = args.steps * tokens_per_step / (t_a + t_b)
+    out["lightning_tokens_per_s"] = args.steps * tokens_per_step / t_lightning
+    if device.type == "cuda":
+        out["peak_memory"] = torch.cuda.max_memory_allocated(device)
+    else:
+        out["peak_memory"] = peak_rss_bytes() - rss_before
+    out["state_memory"] = 16 * n_params  # fp32 weights, gradients, AdamW exp_avg and exp_avg_sq
+
+    # ---- evaluation: Trainer.test of the task (zoo.evaluate.score's set-up) vs a bare forward
+    n_eval = args.warmup + args.steps
+    window = Window()
+    eval_trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+                             enable_checkpointing=False, limit_test_batches=n_eval, enable_model_summary=False,
+                             enable_progress_bar=False, callbacks=[window])
+    task.report_stages = ["report_val"]
+    eval_trainer.test(task, dataloaders=dm.eval_dataloader("val"), verbose=False)
+    out["eval_metrics_tokens_per_s"] = args.steps * tokens_per_step / (window.t1 - window.t0)
+
+    model.eval()
+    model.to(device)
+    batches = iter(dm.eval_dataloader("val"))
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else torch.autocast(
+        device.type, enabled=False)
+    with torch.inference_mode(), ctx:
+        for i in range(n_eval):
+            if i == args.warmup:
+                sync(device)
+                t0 = time.perf_counter()
+            task(to_device(next(batches)))
+        sync(device)
+    out["eval_bare_tokens_per_s"] = args.steps * tokens_per_step / (time.perf_counter() - t0)
+
+    # ---- optional: torch.compile, plain loop (warm-up time reported separately)
+    if args.compile:
+        model.train()
+        model.compile()
+        t0 = time.perf_counter()
+        plain_step(to_device(next(train_batches)))
+        plain_step(to_device(next(train_batches)))
+        sync(device)
+        out["compile_warmup_s"] = time.perf_counter() - t0
+        t_c, _ = plain_train(args.warmup - 2 if args.warmup > 2 else 0, args.steps)
+        out["plain_compiled_tokens_per_s"] = args.steps * tokens_per_step / t_c
+    return out
+
+
+# ----------------------------------------------------------------------------- the table
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def table(results: list[dict], peak: float, args: argparse.Namespace) -> str:
+    lines = [
+        "| model | d x layers | parameters | train GFLOP/token (formula / counted) | plain tok/s | Lightning tok/s "
+        "| Lightning / plain | MFU (Lightning) | eval bare tok/s | eval metrics tok/s | metrics / bare | data wait "
+        "| peak memory | params+grads+AdamW |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        mfu = r["flops_per_token"] * r["lightning_tokens_per_s"] / peak
+        lines.append(
+            f"| {r['label']} | {r['d_model']} x {r['n_layers']} | {r['params']:,} | "
+            f"{r['flops_per_token'] / 1e9:.4f} / {r['flops_counted'] / 1e9:.4f} | {r['plain_tokens_per_s']:,.0f} | "
+            f"{r['lightning_tokens_per_s']:,.0f} | {r['lightning_tokens_per_s'] / r['plain_tokens_per_s']:.3f} | "
+            f"{mfu:.1%} | {r['eval_bare_tokens_per_s']:,.0f} | {r['eval_metrics_tokens_per_s']:,.0f} | "
+            f"{r['eval_metrics_tokens_per_s'] / r['eval_bare_tokens_per_s']:.3f} | {r['data_wait']:.2%} | "
+            f"{mib(r['peak_memory'])} | {mib(r['state_memory'])} |"
+        )
+    if any("plain_compiled_tokens_per_s" in r for r in results):
+        lines += ["", "| model | d | plain tok/s | plain + torch.compile tok/s | speed-up | compile warm-up |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for r in results:
+            if "plain_compiled_tokens_per_s" in r:
+                lines.append(f"| {r['label']} | {r['d_model']} | {r['plain_tokens_per_s']:,.0f} | "
+                             f"{r['plain_compiled_tokens_per_s']:,.0f} | "
+                             f"{r['plain_compiled_tokens_per_s'] / r['plain_tokens_per_s']:.2f}x | "
+                             f"{r['compile_warmup_s']:.0f} s |")
+    return "\n".join(lines)
+
+
+def machine(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core CPU ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32 (32-true) or bf16 (bf16-mixed; the peak is then measured in bf16)")
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--sizes", default="128,256")
+    p.add_argument("--n-ctx", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (see above)")
+    p.add_argument("--out", default=str(RESULTS / "throughput"), help="writes OUT.md and OUT.json")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # FAMILY:D, one configuration -> stdout JSON
+    args = p.parse_args()
+    if args.worker:
+        family, d = args.worker.split(":")
+        print("RESULT " + json.dumps(run_one(family, int(d), args)), flush=True)
+        return
+
+    import torch
+
+    device = torch.device(args.device)
+    dtype = "bfloat16" if args.precision == "bf16" else "float32"
+    peak = matmul_peak(device, dtype)
+    print(f"{dtype} matmul peak: {peak / 1e9:,.1f} GFLOP/s on {machine(args.device)}", flush=True)
+    started = datetime.datetime.now()
+    results = []
+    for d in [int(s) for s in args.sizes.split(",")]:
+        for family in args.families.split(","):
+            t0 = time.time()
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", f"{family}:{d}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                sys.exit(f"{family} d={d} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+            r = json.loads(line[len("RESULT "):])
+            results.append(r)
+            print(f"  {family} d={d}: plain {r['plain_tokens_per_s']:,.0f} tok/s, Lightning "
+                  f"{r['lightning_tokens_per_s']:,.0f} tok/s ({time.time() - t0:.0f} s)", flush=True)
+    peak_after = matmul_peak(device, dtype)
+    text = table(results, peak, args)
+    command = " ".join(["python benchmarks/throughput.py", *sys.argv[1:]])
+    head = (f"`{command}` on "
+            f"{machine(args.device)}, {started:%Y-%m-%d %H:%M}; {dtype} matmul peak {peak / 1e9:,.1f} GFLOP/s at "
+            f"the start, {peak_after / 1e9:,.1f} at the end; n_ctx {args.n_ctx}, batch {args.batch_size}, "
+            f"{args.vocab_size}-token BPE, {args.warmup} warm-up + {args.steps} timed steps per measurement; "
+            f"load average at the end {os.getloadavg()[0]:.2f}.")
+    print("\n" + head + "\n\n" + text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(head + "\n\n" + text + "\n")
+    out.with_suffix(".json").write_text(json.dumps({
+        "args": {k: v for k, v in vars(args).items() if k != "worker"}, "machine": machine(args.device),
+        "date": started.isoformat(timespec="minutes"), "matmul_peak_flops": peak,
+        "matmul_peak_flops_end": peak_after, "load_average_end": os.getloadavg(), "results": results,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
