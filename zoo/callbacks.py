@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 from pathlib import Path
@@ -97,7 +96,7 @@ class NonFiniteGuard(Callback):
     ``action="stop"`` raises :class:`NonFiniteLoss` naming the step and the first offending
     tensor; ``action="skip"`` zeroes the gradients so the optimizer step changes nothing,
     logs a warning, and counts skipped steps (``train/skipped_steps``). The check costs one
-    device-to-host read of a scalar per step.
+    fused norm over the gradients and one device-to-host read per step.
     """
 
     def __init__(self, action: str = "stop") -> None:
@@ -112,11 +111,16 @@ class NonFiniteGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
-        loss_ok = self._loss is None or bool(torch.isfinite(self._loss))
-        grad_ok = norm is None or math.isfinite(float(norm))
-        if loss_ok and grad_ok:
+        # one fused norm per tensor, and ONE device-to-host read for loss and gradients together
+        checks = [self._loss.reshape(1)] if self._loss is not None else []
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            if hasattr(norm, "full_tensor"):  # sharded gradients (FSDP2): a DTensor
+                norm = norm.full_tensor()
+            checks.append(norm.reshape(1))
+        if not checks or bool(torch.isfinite(torch.cat([c.float() for c in checks])).all()):
             return
+        loss_ok = self._loss is None or bool(torch.isfinite(self._loss))
         what = "loss" if not loss_ok else self._first_bad_gradient(pl_module)
         msg = f"non-finite {what} at step {trainer.global_step}"
         if self.action == "stop":
