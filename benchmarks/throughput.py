@@ -223,7 +223,12 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
     import lightning as L
     import torch
     import torch.nn.functional as F
-    from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+    from lightning.pytorch.callbacks import (
+        Callback,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        ThroughputMonitor,
+    )
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -334,30 +339,36 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
             self._end(batch_idx)
 
     precision = "bf16-mixed" if args.precision == "bf16" else "32-true"
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt_dir = Path(tmp) / "checkpoints"
-        window = Window()
-        callbacks = [
-            ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/bpb", mode="min", save_top_k=1),
-            ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=0, save_last=False,
-                            every_n_train_steps=100),
-            RNGState(), SaveOnInterrupt(ckpt_dir / "last.ckpt"), NonFiniteGuard("stop"),
-            LearningRateMonitor(logging_interval="step"),
-            ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
-                              length_fn=lambda b: b["input_ids"].numel(), window_size=20),
-            window,
-        ]
-        trainer = L.Trainer(
-            accelerator=accelerator, devices=1, precision=precision, max_steps=args.warmup + args.steps,
-            max_epochs=-1, gradient_clip_val=1.0, log_every_n_steps=10, limit_val_batches=0,
-            num_sanity_val_steps=0, logger=CSVLogger(tmp, name="csv"), callbacks=callbacks,
-            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp,
-            use_distributed_sampler=False,
-        )
-        loader = TimedLoader(dm.train_dataloader())
-        trainer.fit(task, train_dataloaders=loader)
-    t_lightning = window.t1 - window.t0
-    out["data_wait"] = loader.wait_between(window.t0, window.t1) / t_lightning
+
+    def lightning_train() -> tuple[float, float]:
+        """Seconds of the timed steps of a ``Trainer.fit`` set up as zoo.fit sets it up, and
+        the fraction of them spent waiting for data."""
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt_dir = Path(tmp) / "checkpoints"
+            window = Window()
+            callbacks = [
+                ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/bpb", mode="min", save_top_k=1),
+                ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=0, save_last=False,
+                                every_n_train_steps=100),
+                RNGState(), SaveOnInterrupt(ckpt_dir / "last.ckpt"), NonFiniteGuard("stop"),
+                LearningRateMonitor(logging_interval="step"),
+                ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
+                                  length_fn=lambda b: b["input_ids"].numel(), window_size=20),
+                window,
+            ]
+            trainer = L.Trainer(
+                accelerator=accelerator, devices=1, precision=precision, max_steps=args.warmup + args.steps,
+                max_epochs=-1, gradient_clip_val=1.0, log_every_n_steps=10, limit_val_batches=0,
+                num_sanity_val_steps=0, logger=CSVLogger(tmp, name="csv"), callbacks=callbacks,
+                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp,
+                use_distributed_sampler=False,
+            )
+            loader = TimedLoader(dm.train_dataloader())
+            trainer.fit(task, train_dataloaders=loader)
+        seconds = window.t1 - window.t0
+        return seconds, loader.wait_between(window.t0, window.t1) / seconds
+
+    t_lightning, out["data_wait"] = lightning_train()
     t_b, _ = plain_train(2, args.steps - half)
     out["plain_tokens_per_s"] = args.steps * tokens_per_step / (t_a + t_b)
     out["lightning_tokens_per_s"] = args.steps * tokens_per_step / t_lightning
@@ -366,30 +377,40 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
     else:
         out["peak_memory"] = peak_rss_bytes() - rss_before
     out["state_memory"] = 16 * n_params  # fp32 weights, gradients, AdamW exp_avg and exp_avg_sq
+    # the same Lightning run with optim.fused=true (torch's fused AdamW kernel)
+    task.optim["fused"] = True
+    t_fused, _ = lightning_train()
+    task.optim["fused"] = False
+    out["lightning_fused_tokens_per_s"] = args.steps * tokens_per_step / t_fused
 
-    # ---- evaluation: Trainer.test of the task (zoo.evaluate.score's set-up) vs a bare forward
-    n_eval = args.warmup + args.steps
+    # ---- evaluation: Trainer.test of the task (zoo.evaluate.score's set-up) vs a bare forward,
+    # the bare forward timed in two halves around the Trainer.test (as the plain training loop)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else torch.autocast(
+        device.type, enabled=False)
+
+    def bare_eval(warmup: int, steps: int) -> float:
+        model.eval()
+        batches = iter(dm.eval_dataloader("val"))
+        with torch.inference_mode(), ctx:
+            for _ in range(warmup):
+                task(to_device(next(batches)))
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                task(to_device(next(batches)))
+            sync(device)
+        return time.perf_counter() - t0
+
+    e_a = bare_eval(args.warmup, half)
     window = Window()
     eval_trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
-                             enable_checkpointing=False, limit_test_batches=n_eval, enable_model_summary=False,
-                             enable_progress_bar=False, callbacks=[window])
+                             enable_checkpointing=False, limit_test_batches=args.warmup + args.steps,
+                             enable_model_summary=False, enable_progress_bar=False, callbacks=[window])
     task.report_stages = ["report_val"]
     eval_trainer.test(task, dataloaders=dm.eval_dataloader("val"), verbose=False)
     out["eval_metrics_tokens_per_s"] = args.steps * tokens_per_step / (window.t1 - window.t0)
-
-    model.eval()
-    model.to(device)
-    batches = iter(dm.eval_dataloader("val"))
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else torch.autocast(
-        device.type, enabled=False)
-    with torch.inference_mode(), ctx:
-        for i in range(n_eval):
-            if i == args.warmup:
-                sync(device)
-                t0 = time.perf_counter()
-            task(to_device(next(batches)))
-        sync(device)
-    out["eval_bare_tokens_per_s"] = args.steps * tokens_per_step / (time.perf_counter() - t0)
+    e_b = bare_eval(2, args.steps - half)
+    out["eval_bare_tokens_per_s"] = args.steps * tokens_per_step / (e_a + e_b)
 
     # ---- optional: torch.compile, plain loop (warm-up time reported separately)
     if args.compile:
@@ -413,9 +434,9 @@ def mib(n: float) -> str:
 def table(results: list[dict], peak: float, args: argparse.Namespace) -> str:
     lines = [
         "| model | d x layers | parameters | train GFLOP/token (formula / counted) | plain tok/s | Lightning tok/s "
-        "| Lightning / plain | MFU (Lightning) | eval bare tok/s | eval metrics tok/s | metrics / bare | data wait "
+        "| Lightning / plain | MFU (Lightning) | Lightning, fused AdamW tok/s | eval bare tok/s | eval metrics tok/s | metrics / bare | data wait "
         "| peak memory | params+grads+AdamW |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         mfu = r["flops_per_token"] * r["lightning_tokens_per_s"] / peak
@@ -423,7 +444,7 @@ def table(results: list[dict], peak: float, args: argparse.Namespace) -> str:
             f"| {r['label']} | {r['d_model']} x {r['n_layers']} | {r['params']:,} | "
             f"{r['flops_per_token'] / 1e9:.4f} / {r['flops_counted'] / 1e9:.4f} | {r['plain_tokens_per_s']:,.0f} | "
             f"{r['lightning_tokens_per_s']:,.0f} | {r['lightning_tokens_per_s'] / r['plain_tokens_per_s']:.3f} | "
-            f"{mfu:.1%} | {r['eval_bare_tokens_per_s']:,.0f} | {r['eval_metrics_tokens_per_s']:,.0f} | "
+            f"{mfu:.1%} | {r['lightning_fused_tokens_per_s']:,.0f} | {r['eval_bare_tokens_per_s']:,.0f} | {r['eval_metrics_tokens_per_s']:,.0f} | "
             f"{r['eval_metrics_tokens_per_s'] / r['eval_bare_tokens_per_s']:.3f} | {r['data_wait']:.2%} | "
             f"{mib(r['peak_memory'])} | {mib(r['state_memory'])} |"
         )
