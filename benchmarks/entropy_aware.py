@@ -10,7 +10,7 @@ Needs the estimates first (see the recipes' headers)::
 
     python -m zoo.fit recipe=entropy_eacd
     python -m zoo.entropy estimate checkpoint=runs/entropy_eacd/<time>/model split=train \\
-        max_documents=1000 out=runs/entropy_estimates
+        max_documents=500 out=runs/entropy_estimates
     python benchmarks/entropy_aware.py [--epochs 15] [--estimates runs/entropy_estimates] [--runs entropy_ce]
 
 Writes ``benchmarks/results/entropy_aware.{json,md,png}`` and the weight-entropy plot of each
