@@ -12,11 +12,13 @@ charges the vector at the bits of the format it was evaluated in.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
 
 from zoo.evaluate import evaluate_quantized, prepare
+from zoo.metrics import token_stats
 from zoo.quantize import get_vector_format
 
 MODES = "fp32,bf16,int8,nf4,vec:bf16,vec:int8,vec:fp8_e4m3,vec:fp8_e5m2,int8+vec:fp8_e4m3"
@@ -24,18 +26,31 @@ MODES = "fp32,bf16,int8,nf4,vec:bf16,vec:int8,vec:fp8_e4m3,vec:fp8_e5m2,int8+vec
 
 @torch.no_grad()
 def vector_stats(path: str, max_batches: int | None) -> dict[str, float]:
-    """RMS and largest magnitude of the model's vector over the val batches it is scored on,
-    and its mean relative error when stored in E4M3 (which saturates at 448)."""
+    """How much the decoder relies on its vector, and how the vector looks, over the val
+    batches it is scored on: the BPB gain of the true vector over another sequence's vector
+    (the batch's vectors rolled by one; ~0 means the decoder ignores the vector, and then no
+    storage format can hurt), the vector's RMS and largest magnitude, and its mean relative
+    error stored in E4M3 (which saturates at 448)."""
     task, dm = prepare(path, "val")
     model = task.model.eval()
-    vectors = []
+    vectors, bits, bits_other, n_bytes = [], 0.0, 0.0, 0
     for i, batch in enumerate(dm.eval_dataloader("val")):
         if max_batches is not None and i >= max_batches:
             break
-        vectors.append(model.vector(batch["input_ids"], batch["attention_mask"], batch["labels"]))
+        v = model.vector(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        vectors.append(v)
+        for vec, total in ((v, "own"), (v.roll(1, 0), "other")):
+            logits = model.decode(batch["input_ids"], batch["attention_mask"], vec)
+            nll = token_stats(logits, batch["labels"], batch["target_bytes"], with_entropy=False).nll.sum().item()
+            if total == "own":
+                bits += nll / math.log(2)
+            else:
+                bits_other += nll / math.log(2)
+        n_bytes += int(batch["target_bytes"].sum())
     v = torch.cat(vectors)
     e4m3 = get_vector_format("fp8_e4m3").round_trip(v)
-    return {"rms": v.pow(2).mean().sqrt().item(), "max |v|": v.abs().max().item(),
+    return {"BPB gain of own vector over another's": (bits_other - bits) / n_bytes,
+            "rms": v.pow(2).mean().sqrt().item(), "max |v|": v.abs().max().item(),
             "E4M3 rel. error": ((e4m3 - v).norm(dim=-1) / v.norm(dim=-1)).mean().item()}
 
 
