@@ -21,6 +21,7 @@ from zoo.data.tokenizer import (
     load_tokenizer,
     save_tokenizer,
     token_byte_lengths,
+    token_bytes,
     train_bpe,
 )
 from zoo.errors import ZooError
@@ -135,6 +136,26 @@ def test_left_padded_layout(edu_dm) -> None:
     long = next(i for i in range(len(data)) if len(data.document(i)) > 600)
     assert ds[long]["labels"].tolist() == data.document(long)[:512].tolist()
 
+
+
+def test_scored_text_is_what_a_left_padded_evaluation_scores(cache_dir) -> None:
+    """The compressors' text for a left-padded split is each document's first n_ctx tokens,
+    byte for byte what the BPB's denominator counts (not the whole documents)."""
+    dm = TextDataModule([{"name": "edu"}], n_ctx=64, batch_size=8, layout="left_padded",
+                        tokenizer=SMALL_TOKENIZER, cache_dir=cache_dir)
+    dm.prepare_data()
+    loader = dm.eval_dataloader("val")
+    text = dm.scored_text(loader, max_batches=3)
+    batches = [b for _, b in zip(range(3), loader)]
+    n_rows = sum(len(b["labels"]) for b in batches)
+    assert len(text) == sum(int(b["target_bytes"].sum()) for b in batches) + n_rows - 1  # + newlines
+    assert len(text) < len(dm.split_text("val"))
+    first = batches[0]["labels"][0]
+    ids = first[first >= 0].tolist()
+    assert text.startswith(dm.tokenizer.decode(ids).encode())
+    table = token_bytes(dm.tokenizer)
+    sample = "naïve café — 日本 🙂"
+    assert b"".join(table[i] for i in dm.tokenizer(sample)["input_ids"]) == sample.encode()
 
 # -- workers, mixtures, parquet ---------------------------------------------------------------
 def test_two_workers_yield_no_duplicates(edu_dm) -> None:

@@ -135,7 +135,10 @@ def evaluate(
         tokens += int((batch["labels"] != -100).sum())
         bytes_ += int(batch["target_bytes"].sum())
     row.update(tokens=tokens, bytes=bytes_, bytes_per_token=bytes_ / max(tokens, 1))
-    text = dm.split_text(split, max_bytes=bytes_ if max_batches is not None else None)
+    if dm.layout == "left_padded":  # only each document's first n_ctx tokens are scored
+        text = dm.scored_text(loader, max_batches)
+    else:
+        text = dm.split_text(split, max_bytes=bytes_ if max_batches is not None else None)
     for c in compressors:
         row[c] = compressed_bits_per_byte(text, c)
     row.update(checkpoint=str(checkpoint), split=split, sources=[s.name for s in dm.sources])

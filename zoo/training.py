@@ -261,7 +261,10 @@ def build_report(dm: TextDataModule, splits: Sequence[str], metrics: Mapping[str
     val_bytes = dm.split_bytes("val")
     for s in splits:
         row = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith(f"final/{s}/")}
-        text = dm.split_text(s, max_bytes=val_bytes if s == "train" else None)
+        if dm.layout == "left_padded":  # only each document's first n_ctx tokens are scored
+            text = dm.scored_text(dm.eval_dataloader(s, max_samples=n_train_samples if s == "train" else None))
+        else:
+            text = dm.split_text(s, max_bytes=val_bytes if s == "train" else None)
         row["text_bytes"] = len(text)
         for c in compressors:
             row[c] = compressed_bits_per_byte(text, c)

@@ -137,6 +137,36 @@ def token_byte_lengths(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
     return lengths
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """The byte-level pre-tokenizer's map from the printable character standing for a byte
+    back to that byte (printable Latin-1 bytes stand for themselves; the other 68 bytes are
+    shifted to code points 256 and up, in order)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, shifted = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + shifted)] = b
+            shifted += 1
+    return chars
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerFast) -> list[bytes]:
+    """The exact bytes each token id stands for (special tokens: ``b""``), byte-level BPE only.
+    Joining the bytes of consecutive tokens rebuilds the text even where a token boundary
+    splits a multi-byte character (decoding tokens alone would not)."""
+    if not is_byte_level(tokenizer):
+        raise ValueError("token_bytes needs a byte-level tokenizer")
+    alphabet = _byte_level_alphabet()
+    out = [b""] * len(tokenizer)
+    specials = set(tokenizer.all_special_ids)
+    for token, idx in tokenizer.get_vocab().items():
+        if idx not in specials:
+            out[idx] = bytes(alphabet[c] for c in token)
+    return out
+
+
 def sample_texts(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
     """Yield texts until about ``max_bytes`` of UTF-8 have been yielded (tokenizer training cap)."""
     seen = 0
