@@ -227,12 +227,11 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
         Callback,
         LearningRateMonitor,
         ModelCheckpoint,
-        ThroughputMonitor,
     )
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.flop_counter import FlopCounterMode
 
-    from zoo.callbacks import NonFiniteGuard, RNGState, SaveOnInterrupt
+    from zoo.callbacks import LoggedStepsThroughput, NonFiniteGuard, RNGState, SaveOnInterrupt
     from zoo.data.datamodule import TextDataModule
     from zoo.lit.language_model import LanguageModelTask, optimizer_class
     from zoo.metrics import IGNORE_INDEX
@@ -352,8 +351,8 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
                                 every_n_train_steps=100),
                 RNGState(), SaveOnInterrupt(ckpt_dir / "last.ckpt"), NonFiniteGuard("stop"),
                 LearningRateMonitor(logging_interval="step"),
-                ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].shape[0],
-                                  length_fn=lambda b: b["input_ids"].numel(), window_size=20),
+                LoggedStepsThroughput(batch_size_fn=lambda b: b["input_ids"].shape[0],
+                                      length_fn=lambda b: b["input_ids"].numel(), steps=20, log_every_n_steps=10),
                 window,
             ]
             trainer = L.Trainer(

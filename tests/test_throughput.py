@@ -62,3 +62,55 @@ def test_eacd_formula_counts_both_stacks() -> None:
     counted, formula, _ = counted_and_formula(cfg)
     # the encoder's vector (down: once per sequence) is counted per token by the formula
     assert counted == pytest.approx(formula, rel=2e-2)
+
+
+def test_logged_steps_throughput_logs_what_the_stock_monitor_logs(tmp_path, monkeypatch) -> None:
+    """zoo's ThroughputMonitor reads the clock only at logging steps (no CUDA sync per step) and
+    logs the same rates as Lightning's, here with a clock that advances one second per step."""
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, ThroughputMonitor
+    from lightning.pytorch.callbacks import throughput_monitor as tm
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from zoo.callbacks import LoggedStepsThroughput
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(tm.time, "perf_counter", lambda: clock["t"])
+
+    class Tick(Callback):
+        def on_train_batch_end(self, *args) -> None:
+            clock["t"] += 1.0
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.w(batch["input_ids"].float()).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    data = [{"input_ids": torch.zeros(4, dtype=torch.long)} for _ in range(64)]
+
+    def run(monitor, name: str) -> dict[int, float]:
+        clock["t"] = 0.0
+        trainer = L.Trainer(max_steps=40, log_every_n_steps=5, logger=CSVLogger(tmp_path, name=name),
+                            callbacks=[Tick(), monitor], enable_progress_bar=False, enable_checkpointing=False,
+                            enable_model_summary=False, accelerator="cpu")
+        trainer.fit(Tiny(), DataLoader(data, batch_size=2))
+        with open(next((tmp_path / name).glob("*/metrics.csv"))) as f:
+            rows = [r for r in csv.DictReader(f) if r.get("train/device/items_per_sec")]
+        return {int(r["step"]): float(r["train/device/items_per_sec"]) for r in rows}
+
+    kwargs = {"batch_size_fn": lambda b: b["input_ids"].shape[0], "length_fn": lambda b: b["input_ids"].numel()}
+    stock = run(ThroughputMonitor(window_size=21, **kwargs), "stock")
+    ours = run(LoggedStepsThroughput(steps=20, log_every_n_steps=5, **kwargs), "ours")
+    assert ours and set(ours) <= set(stock)
+    for step, value in ours.items():
+        assert value == pytest.approx(stock[step])
+        assert value == pytest.approx(8.0)  # 2 samples x 4 tokens per one-second step

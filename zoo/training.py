@@ -20,12 +20,17 @@ from lightning.pytorch.callbacks import (
     Callback,
     LearningRateMonitor,
     ModelCheckpoint,
-    ThroughputMonitor,
 )
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.callbacks import AtomicCheckpointIO, NonFiniteGuard, RNGState, SaveOnInterrupt
+from zoo.callbacks import (
+    AtomicCheckpointIO,
+    LoggedStepsThroughput,
+    NonFiniteGuard,
+    RNGState,
+    SaveOnInterrupt,
+)
 from zoo.compression import compressed_bits_per_byte
 from zoo.data.datamodule import TextDataModule
 from zoo.data.tokenizer import tokenizer_fingerprint
@@ -196,9 +201,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-        callbacks.append(ThroughputMonitor(  # tokens/s and samples/s, per device and in total
+        callbacks.append(LoggedStepsThroughput(  # tokens/s and samples/s over the last 20 steps
             batch_size_fn=lambda b: b["input_ids"].shape[0], length_fn=lambda b: b["input_ids"].numel(),
-            window_size=20,
+            steps=20, log_every_n_steps=int(config["trainer"].get("log_every_n_steps") or 50),
         ))
     if config.get("weight_entropy"):  # per-layer weight entropy over training + a PNG (zoo.entropy.weights)
         from zoo.entropy.weights import WeightEntropy
