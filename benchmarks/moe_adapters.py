@@ -4,16 +4,20 @@ Part ``moe``: trains the dense recipes (``quickstart``: Llama, ``mixer_clm``: ma
 and their MoE twins (``moe_clm``, ``moe_mixer``: 4 experts, top-2, each expert half the
 dense feed-forward width, so the active parameters per token are the dense model's plus a
 128 x 4 router per layer) through ``python -m zoo.fit`` with the same data, steps and
-batch, and prints val BPB, training tokens/s (Lightning's ThroughputMonitor, last 20
-steps) and the expert load balance on val (mean over layers of load entropy / log2 E, 1 =
-perfectly even; and the busiest expert's load x E, 1 = even).
+batch, and prints val BPB, training tokens/s (from part ``throughput``; each run's
+Lightning ThroughputMonitor value is kept in the JSON) and the expert load balance on val
+(mean over layers of load entropy / log2 E, 1 = perfectly even; and the busiest expert's
+load x E, 1 = even).
 
 Part ``adapters``: from the edu-trained base (``--base``, default ``checkpoints/llama-edu``),
 trains ``adapter_math`` (LoRA, base frozen) and the same recipe with ``model.adapter=null``
 (full fine-tuning, ``--ft-lr``), and scores base, adapted and fine-tuned models on the math
 and the edu val splits with ``python -m zoo.evaluate`` (forgetting = the rise in edu BPB).
 
-    python benchmarks/moe_adapters.py [--part moe|adapters|all] [--steps 300] [--adapter-steps 200]
+Part ``throughput``: training tokens/s of the four models measured in one process with their
+train steps interleaved (robust to other load on the machine); the table's tokens/s column.
+
+    python benchmarks/moe_adapters.py [--part moe|throughput|adapters|all] [--steps 300] [--adapter-steps 200]
 
 Writes ``benchmarks/results/moe_adapters.{md,json}``.
 """
@@ -70,15 +74,57 @@ def evaluate(model_dir: str | Path, data: str) -> float:
     return float(json.loads(proc.stdout[proc.stdout.index("{"):])["bpb"])
 
 
-def part_moe(args: argparse.Namespace, tmp: Path) -> tuple[list[str], list[dict]]:
+def part_moe(args: argparse.Namespace, tmp: Path) -> list[dict]:
     runs = []
     for label, recipe in MOE_MODELS:
         r = fit(recipe, tmp, [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}",
                               f"checkpoint.every_n_train_steps={args.steps}"])
         runs.append({"label": label, **r})
+    return runs
+
+
+def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """Training tokens/s of each model, measured in this process with the models' train steps
+    (forward, cross-entropy + auxiliary loss, backward, AdamW) INTERLEAVED: step i of every
+    model runs back to back, so load from other processes on the machine hits all models alike.
+    One thread; batch 16 x 256 tokens; the median over ``--tp-steps`` steps after 3 warm-up steps."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from zoo.config import compose
+    from zoo.models import build_model
+    from zoo.models.moe import auxiliary_loss
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    models, opts = {}, {}
+    for label, recipe in MOE_MODELS:
+        models[label] = build_model(dict(compose(recipe).model), 4096, 256).train()
+        opts[label] = torch.optim.AdamW(models[label].parameters(), lr=1e-4)
+    ids = torch.randint(0, 4096, (16, 257))
+    times: dict[str, list[float]] = {label: [] for label in models}
+    for step in range(3 + args.tp_steps):
+        for label, model in models.items():
+            t0 = time.perf_counter()
+            logits = model(ids[:, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+            aux = auxiliary_loss(model)
+            (loss if aux is None else loss + aux).backward()
+            opts[label].step()
+            opts[label].zero_grad()
+            if step >= 3:
+                times[label].append(time.perf_counter() - t0)
+    return {label: 16 * 256 / statistics.median(t) for label, t in times.items()}
+
+
+def moe_table(saved: dict) -> list[str]:
+    runs, tps = saved["moe"]["runs"], saved.get("throughput", {}).get("tokens_per_s", {})
+    steps = saved["moe"]["args"]["steps"]
     lines = [
-        f"edu, packed, n_ctx 256, 4k BPE, batch 16, {args.steps} steps "
-        f"({args.steps * 16 * 256:,} training tokens) each; each recipe's own optimizer settings.",
+        f"edu, packed, n_ctx 256, 4k BPE, batch 16, {steps} steps ({steps * 16 * 256:,} training tokens) each; "
+        "each recipe's own optimizer settings.",
         "",
         "| model | parameters: total | active per token | val BPB | train tokens/s | expert load balance (val) |",
         "|---|---|---|---|---|---|",
@@ -87,9 +133,10 @@ def part_moe(args: argparse.Namespace, tmp: Path) -> tuple[list[str], list[dict]
         v = r["val"]
         balance = (f"{v['router_balance']:.3f} (busiest expert {v['router_max_load']:.2f}x its even share)"
                    if "router_balance" in v else "—")
+        speed = tps.get(r["label"], r["tokens_per_s"])
         lines.append(f"| {r['label']} | {r['total']:,} | {r['active']:,} | {v['bpb']:.4f} | "
-                     f"{r['tokens_per_s']:,.0f} | {balance} |")
-    return lines, runs
+                     f"{speed:,.0f} | {balance} |")
+    return lines
 
 
 def part_adapters(args: argparse.Namespace, tmp: Path) -> tuple[list[str], list[dict]]:
@@ -132,26 +179,38 @@ def lora_lr(run: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["moe", "adapters", "all"], default="all")
+    p.add_argument("--part", choices=["moe", "throughput", "adapters", "all"], default="all")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--tp-steps", type=int, default=20)
     p.add_argument("--adapter-steps", type=int, default=200)
     p.add_argument("--base", default=str(ROOT / "checkpoints" / "llama-edu"))
     p.add_argument("--ft-lr", type=float, default=1e-3)
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
     out_json = RESULTS / "moe_adapters.json"
-    saved = json.loads(out_json.read_text()) if out_json.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        for part, fn in (("moe", part_moe), ("adapters", part_adapters)):
-            if args.part in (part, "all"):
-                lines, runs = fn(args, Path(tmp) / part)
-                saved[part] = {"args": vars(args), "table": lines, "runs": runs}
-                print("\n" + "\n".join(lines), flush=True)
-                out_json.write_text(json.dumps(saved, indent=1))
+        for part in ("moe", "throughput", "adapters"):
+            if args.part not in (part, "all"):
+                continue
+            if part == "moe":
+                result = {"args": vars(args), "runs": part_moe(args, Path(tmp) / part)}
+            elif part == "throughput":
+                result = {"args": vars(args), "tokens_per_s": part_throughput(args, Path(tmp) / part)}
+                print(json.dumps(result["tokens_per_s"], indent=1), flush=True)
+            else:
+                lines, runs = part_adapters(args, Path(tmp) / part)
+                result = {"args": vars(args), "table": lines, "runs": runs}
+            # merge into what other parts (maybe run by another process) saved
+            saved = json.loads(out_json.read_text()) if out_json.exists() else {}
+            saved[part] = result
+            out_json.write_text(json.dumps(saved, indent=1))
+    saved = json.loads(out_json.read_text()) if out_json.exists() else {}
     md = []
-    for part in ("moe", "adapters"):
-        if part in saved:
-            md += saved[part]["table"] + [""]
+    if "moe" in saved:
+        md += moe_table(saved) + [""]
+    if "adapters" in saved:
+        md += saved["adapters"]["table"] + [""]
+    print("\n" + "\n".join(md), flush=True)
     (RESULTS / "moe_adapters.md").write_text("\n".join(md))
 
 

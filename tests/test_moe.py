@@ -107,6 +107,19 @@ def test_llama_with_identical_experts_equals_the_dense_llama() -> None:
 
 
 @torch.no_grad()
+def test_both_stacks_take_moe() -> None:
+    """``moe`` is an option of both stacks, so stack-built models (the EACD's encoder and
+    decoder) get the same MoE layer."""
+    from zoo.models.blocks import build_stack
+
+    for kind, extra in (("mixer", {}), ("llama", {"n_heads": 2})):
+        stack = build_stack({"kind": kind, "d_model": D, "n_layers": 2, **extra,
+                             "moe": {"n_experts": 3, "k": 1, "d_ff": 8}}, n_ctx=6)
+        assert len(moe_layers(stack)) == 2 and all(m.k == 1 for m in moe_layers(stack))
+        assert stack(torch.randn(2, 6, D)).shape == (2, 6, D)
+
+
+@torch.no_grad()
 def test_capacity_drops_overflow_first_choices_first() -> None:
     torch.manual_seed(3)
     layer = moe(n_experts=4, k=2, capacity_factor=0.5)
@@ -304,3 +317,28 @@ def test_fit_moe_recipes_20_steps(recipe, tmp_path, cache_dir, caplog) -> None:
 
     model, _, _ = load_pretrained(tmp_path / "run" / "model")
     assert len(moe_layers(model)) == 2
+
+
+@pytest.mark.slow
+def test_moe_trains_under_ddp_with_idle_experts(tmp_path, cache_dir) -> None:
+    """2 CPU processes (gloo DDP): with 8 experts, top-1 and 4 x 32 tokens per process, some
+    experts get no token in some steps; DDP (find_unused_parameters off) still trains, because
+    every expert runs every step, on zero tokens if need be."""
+    import os
+    import subprocess
+    import sys
+
+    args = [f"{k}={v}" for k, v in {
+        "model.d_model": 32, "model.n_layers": 2, "model.n_heads": 2, "model.moe.d_ff": 32,
+        "model.moe.n_experts": 8, "model.moe.k": 1, "model.moe.capacity_factor": 1.0,
+        "data.n_ctx": 32, "data.batch_size": 4, "data.tokenizer.vocab_size": 300,
+        "data.tokenizer.train_bytes": 200000, "trainer.max_steps": 6, "trainer.enable_progress_bar": "false",
+        "optim.warmup_steps": 2, "report.splits": "[val]", "logger": "csv", "trainer": "ddp_cpu",
+        "trainer.limit_val_batches": 2, "out_dir": tmp_path,
+    }.items()]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "zoo.fit", "recipe=moe_clm", *args], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "moe_clm").iterdir()
+    assert (run_dir / "model" / "model.safetensors").is_file()
