@@ -544,8 +544,7 @@ def render_card(card: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
         lines[-1] = (
             "Every split is scored with this model's own tokenizer. Layout `left_padded`: one document per "
             f"window, so a document longer than {card['n_ctx']} tokens is scored on its first {card['n_ctx']} "
-            "tokens only (the `bytes` column), while the compressors compress the whole split: on long-document "
-            "data (math) the two numbers are not on the same text."
+            "tokens only (the `bytes` column); the compressors compress exactly that scored text."
         )
     if has_free:
         lines.append(
@@ -635,8 +634,8 @@ def zoo_table(root: Path | None = None) -> str:
         lines += ["", "\\* encoder-augmented decoders: BPB with the cost of the encoder's vector (the honest "
                   "compression rate); in parentheses without it. They read the text they predict, so they are "
                   "entropy estimators, not generators. They score one document per 256-token window (left-padded), "
-                  "so on `math`, whose solutions are longer, they score only each document's first 256 tokens "
-                  "while `xz -9` compresses the whole split (the cards give the bytes scored)."]
+                  "so on `math`, whose solutions are longer, they score only each document's first 256 tokens; "
+                  "their `xz -9` column compresses the same scored text (the cards give the bytes scored)."]
     return "\n".join(lines)
 
 
