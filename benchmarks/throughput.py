@@ -370,6 +370,7 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
     t_lightning, out["data_wait"] = lightning_train()
     t_b, _ = plain_train(2, args.steps - half)
     out["plain_tokens_per_s"] = args.steps * tokens_per_step / (t_a + t_b)
+    out["plain_halves_tokens_per_s"] = [half * tokens_per_step / t_a, (args.steps - half) * tokens_per_step / t_b]
     out["lightning_tokens_per_s"] = args.steps * tokens_per_step / t_lightning
     if device.type == "cuda":
         out["peak_memory"] = torch.cuda.max_memory_allocated(device)
@@ -410,6 +411,7 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
     out["eval_metrics_tokens_per_s"] = args.steps * tokens_per_step / (window.t1 - window.t0)
     e_b = bare_eval(2, args.steps - half)
     out["eval_bare_tokens_per_s"] = args.steps * tokens_per_step / (e_a + e_b)
+    out["eval_bare_halves_tokens_per_s"] = [half * tokens_per_step / e_a, (args.steps - half) * tokens_per_step / e_b]
 
     # ---- optional: torch.compile, plain loop (warm-up time reported separately)
     if args.compile:
