@@ -72,7 +72,9 @@ def test_generate_mixer_slides_past_its_context_and_eacd_is_refused(tok) -> None
 
 PUBLISHED = zoo.list_models(pretrained=True)
 CAUSAL = [n for n in PUBLISHED if zoo.model_info(n).family != "eacd"]
-LLAMAS = [n for n in PUBLISHED if zoo.model_info(n).family == "llama"]
+#: published Llamas that a stock LlamaForCausalLM can hold (an MoE Llama cannot: export refuses it)
+LLAMAS = [n for n in PUBLISHED if zoo.model_info(n).family == "llama" and not zoo.model_info(n).model.get("moe")]
+MOE_LLAMAS = [n for n in PUBLISHED if zoo.model_info(n).family == "llama" and zoo.model_info(n).model.get("moe")]
 
 
 @pytest.mark.parametrize("name", CAUSAL)
@@ -121,6 +123,13 @@ def test_published_llama_exports_to_plain_transformers(name, tmp_path) -> None:
     with torch.no_grad():
         want = model(ids)[0, :, :50]
     assert torch.allclose(torch.tensor(got["logits"]), want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", MOE_LLAMAS)
+def test_published_moe_llama_is_refused_by_export(name, tmp_path) -> None:
+    with pytest.raises(ZooError, match="does not reproduce the model"):
+        export(name, tmp_path / name)
+    assert not (tmp_path / name).exists()
 
 
 def test_export_refuses_a_model_the_stock_architecture_cannot_hold(tok, tmp_path) -> None:

@@ -181,6 +181,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         f"{n['total']:,} parameters ({n['trainable']:,} trainable, {n['active']:,} active per token)"
     )
     rank_zero_info("data:\n" + dm.describe())
+    if config.get("compile"):  # torch.compile in place: parameter names, checkpoints, export unchanged
+        task.model.compile()
+        rank_zero_info("model compiled with torch.compile (the first steps include compilation)")
 
     logger = build_logger(config["logger"], run_dir, config["name"], config)
     ckpt_dir = run_dir / "checkpoints"
