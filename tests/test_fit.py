@@ -146,3 +146,16 @@ def test_init_from_needs_the_same_tokenizer(quickstart_run, tmp_path) -> None:
                                  "trainer.limit_val_batches=2", "report.splits=[]", "trainer.enable_progress_bar=false"])
     train(cfg, tmp_path / "b")
     assert (tmp_path / "b" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_compile_true_trains_and_keeps_parameter_names(tmp_path, cache_dir) -> None:
+    """compile=true compiles the model in place: it trains, and the checkpoint and the exported
+    weights carry the plain parameter names (loadable without torch.compile)."""
+    import torch
+
+    report = train(tiny("quickstart", "compile=true", "logger=none", "report.splits=[val]"), tmp_path / "run")
+    assert 0 < report["splits"]["val"]["bpb"] < 12
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state and not any("_orig_mod" in k for k in state)
+    evaluate(tmp_path / "run" / "model", split="val", max_batches=1, accelerator="cpu")
