@@ -55,7 +55,7 @@ def test_split_of_fractions() -> None:
 
 
 def test_list_sources() -> None:
-    assert list_sources() == sorted(["edu", "math", "files", "hub", "fineweb-edu", "finemath"])
+    assert list_sources() == sorted(["edu", "math", "files", "hub", "fineweb-edu", "finemath", "markov"])
 
 
 def test_unknown_source_lists_available() -> None:
