@@ -11,7 +11,7 @@ Options (all ``key=value``):
   data.KEY=VALUE     override a data option (e.g. data.eval_batch_size=8)
   max_batches=N      score only the first N batches
   json=PATH          also write the results as JSON (json=- prints JSON instead of the table)
-  accelerator=auto   cpu | gpu | auto
+  accelerator=auto   cpu | gpu | auto (quantize= defaults to cpu: the models are quantised there)
   quantize=MODES     score once per storage mode and print one table: size in bytes, BPB and
                      its change from fp32. MODES: all, or a comma-separated list of
                      W (weights: fp32 bf16 fp16 int8 nf4 fp4; int8/nf4/fp4 via bitsandbytes),
