@@ -146,7 +146,7 @@ def test_scored_text_is_what_a_left_padded_evaluation_scores(cache_dir) -> None:
     dm.prepare_data()
     loader = dm.eval_dataloader("val")
     text = dm.scored_text(loader, max_batches=3)
-    batches = [b for _, b in zip(range(3), loader)]
+    batches = [b for _, b in zip(range(3), loader, strict=False)]
     n_rows = sum(len(b["labels"]) for b in batches)
     assert len(text) == sum(int(b["target_bytes"].sum()) for b in batches) + n_rows - 1  # + newlines
     assert len(text) < len(dm.split_text("val"))

@@ -7,7 +7,15 @@ import math
 
 import pytest
 
-from zoo.diversity import diversity, hill_numbers, main, mtld, sample_documents, shannon_bits, words_of
+from zoo.diversity import (
+    diversity,
+    hill_numbers,
+    main,
+    mtld,
+    sample_documents,
+    shannon_bits,
+    words_of,
+)
 
 
 def test_words_split_prose_and_latex() -> None:

@@ -29,17 +29,16 @@ Options (``key=value``):
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from zoo.cli import key_values
 from zoo.errors import ZooError, unknown
 
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -167,14 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__doc__)
         return
     try:
-        args: dict[str, str] = {}
-        for a in argv:
-            if "=" not in a:
-                raise ZooError(f"arguments are key=value; got {a!r}")
-            k, v = a.split("=", 1)
-            if k not in OPTIONS:
-                raise unknown("option", k, OPTIONS)
-            args[k] = v
+        args = key_values(argv, OPTIONS)
         names = [n for n in args.get("data", "edu,math").split(",") if n]
         split = args.get("split", "train")
         try:

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import yaml
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from zoo.cli import data_options, key_values
 from zoo.compression import COMPRESSORS, compressed_bits_per_byte
-from zoo.config import list_group, recipes_dir
 from zoo.data.datamodule import TextDataModule
 from zoo.data.sources import SPLITS
 from zoo.data.tokenizer import save_tokenizer, tokenizer_fingerprint
@@ -207,24 +206,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__doc__)
         return
     try:
-        bad = [a for a in argv if "=" not in a]
-        if bad:
-            raise ZooError(f"arguments are key=value; got {bad[0]!r}")
-        raw = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv}  # strings kept as typed
+        raw = key_values(argv, OPTIONS)  # strings kept as typed
         group = raw.get("data")
         args = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in argv if not a.startswith("data=")]))
         assert isinstance(args, dict)
-        for key in args:
-            if key not in OPTIONS:
-                raise unknown("option", key, OPTIONS)
         if "checkpoint" not in args:
             raise ZooError("checkpoint=PATH is required (a .ckpt from zoo.fit or an exported model folder)")
-        data: dict[str, Any] = {}
-        if group is not None:  # a data group from recipes/data, then data.KEY=VALUE on top
-            if group not in list_group("data"):
-                raise unknown("data option", group, list_group("data"))
-            data.update(yaml.safe_load((recipes_dir() / "data" / f"{group}.yaml").read_text()))
-        data.update(args.get("data") or {})
+        data = data_options(group, args.get("data"))  # a recipes/data group, then data.KEY=VALUE
         common = dict(split=str(args.get("split", "val")), data=data, max_batches=args.get("max_batches"))
         if "quantize" in raw:
             result: Any = evaluate_quantized(raw["checkpoint"], raw["quantize"],

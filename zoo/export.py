@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.cli import key_values
 from zoo.errors import ZooError, unknown
 
 OPTIONS = ("out", "dtype")
@@ -113,13 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         name, rest = argv[0], argv[1:]
         if "=" in name:
             raise ZooError("usage: python -m zoo.export NAME [out=FOLDER] [dtype=float32|bfloat16]")
-        bad = [a for a in rest if "=" not in a]
-        if bad:
-            raise ZooError(f"options are key=value; got {bad[0]!r}")
-        args = dict(a.split("=", 1) for a in rest)
-        for key in args:
-            if key not in OPTIONS:
-                raise unknown("option", key, OPTIONS)
+        args = key_values(rest, OPTIONS)
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
         dtype = args.get("dtype", "float32")
         if dtype not in dtypes:

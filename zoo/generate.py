@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.errors import ZooError, unknown
+from zoo.cli import key_values
+from zoo.errors import ZooError
 
 OPTIONS = ("prompt", "max_new_tokens", "temperature", "top_k", "seed", "n")
 
@@ -123,13 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         name, rest = argv[0], argv[1:]
         if "=" in name:
             raise ZooError("usage: python -m zoo.generate NAME prompt=TEXT [max_new_tokens=N temperature=T top_k=K seed=S]")
-        bad = [a for a in rest if "=" not in a]
-        if bad:
-            raise ZooError(f"options are key=value; got {bad[0]!r}")
-        args = dict(a.split("=", 1) for a in rest)
-        for key in args:
-            if key not in OPTIONS:
-                raise unknown("option", key, OPTIONS)
+        args = key_values(rest, OPTIONS)
         try:
             max_new = int(args.get("max_new_tokens", 60))
             temperature = float(args.get("temperature", 0.8))

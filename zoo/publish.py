@@ -50,6 +50,7 @@ from typing import Any
 import torch
 import yaml
 
+from zoo.cli import key_values
 from zoo.errors import ZooError, unknown
 from zoo.pretrained import CHECKSUMS, load_pretrained, save_pretrained, sha256, write_checksums
 from zoo.registry import (
@@ -687,11 +688,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(1 if verify_all() else 0)
         bad = [a for a in argv if "=" not in a]
         if bad:
-            raise ZooError(f"arguments are key=value (or one of: readme, verify); got {bad[0]!r}")
-        args = dict(a.split("=", 1) for a in argv)
-        for key in args:
-            if key not in OPTIONS:
-                raise unknown("option", key, OPTIONS)
+            raise ZooError(f"arguments are key=value (or one of: readme, verify, recard); got {bad[0]!r}")
+        args = key_values(argv, OPTIONS)
         if "name" not in args:
             raise ZooError("name=NAME is required (the published name, e.g. name=mixer-edu)")
         publish(

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from omegaconf import OmegaConf
 
+from zoo.cli import data_options, key_values
 from zoo.errors import ZooError, unknown
 
 COMMANDS = {
@@ -52,9 +52,7 @@ RAW = ("checkpoint", "out", "estimates", "json", "split")
 
 def parse(command: str, argv: Sequence[str]) -> tuple[dict[str, Any], str | None]:
     """``key=value`` arguments (a dotlist) checked against the command's options."""
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ZooError(f"arguments are key=value; got {bad[0]!r}")
+    key_values(argv, COMMANDS[command], f"option of '{command}'")
     group = next((a.split("=", 1)[1] for a in argv if a.startswith("data=")), None)
     args = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in argv if not a.startswith("data=")]))
     assert isinstance(args, dict)
@@ -62,22 +60,7 @@ def parse(command: str, argv: Sequence[str]) -> tuple[dict[str, Any], str | None
         key, value = a.split("=", 1)
         if key in RAW:
             args[key] = value
-    for key in args:
-        if key not in COMMANDS[command]:
-            raise unknown(f"option of '{command}'", str(key), COMMANDS[command])
     return args, group
-
-
-def data_overrides(args: dict[str, Any], group: str | None) -> dict[str, Any]:
-    from zoo.config import list_group, recipes_dir
-
-    data: dict[str, Any] = {}
-    if group is not None:
-        if group not in list_group("data"):
-            raise unknown("data option", group, list_group("data"))
-        data.update(yaml.safe_load((recipes_dir() / "data" / f"{group}.yaml").read_text()))
-    data.update(args.get("data") or {})
-    return data
 
 
 def require(args: dict[str, Any], key: str, what: str) -> Any:
@@ -96,7 +79,7 @@ def estimate(args: dict[str, Any], group: str | None) -> list[dict[str, Any]]:
     checkpoint = require(args, "checkpoint", "a .ckpt from zoo.fit or an exported model folder")
     out = Path(require(args, "out", "the folder the estimates are written to"))
     split = str(args.get("split", "train"))
-    task, dm = prepare(checkpoint, split, data_overrides(args, group))
+    task, dm = prepare(checkpoint, split, data_options(group, args.get("data")))
     device = torch.device("cuda" if args.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available() else "cpu")
     task.to(device)
     tok = dm.tokenizer

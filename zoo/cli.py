@@ -1,0 +1,45 @@
+"""What the ``python -m zoo.*`` commands share: ``key=value`` arguments and data options.
+
+Every command takes ``key=value`` arguments; :func:`key_values` checks them against the
+command's options (a one-line :class:`~zoo.errors.ZooError` with did-you-mean otherwise), and
+:func:`data_options` turns ``data=NAME`` (a group from ``recipes/data``) plus ``data.KEY=VALUE``
+overrides into the ``data:`` section a :class:`~zoo.data.datamodule.TextDataModule` takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from zoo.errors import ZooError, unknown
+
+
+def key_values(argv: Sequence[str], allowed: Iterable[str], what: str = "option") -> dict[str, str]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": "1", "b.c": "x"}``, values as typed; every key's first
+    dotted part must be in ``allowed``."""
+    allowed = tuple(allowed)
+    args: dict[str, str] = {}
+    for a in argv:
+        if "=" not in a:
+            raise ZooError(f"arguments are key=value; got {a!r}")
+        key, value = a.split("=", 1)
+        if key.split(".")[0] not in allowed:
+            raise unknown(what, key, allowed)
+        args[key] = value
+    return args
+
+
+def data_options(group: str | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``data:`` options of group ``recipes/data/<group>.yaml`` (none: ``{}``), then
+    ``overrides`` (the ``data.KEY=VALUE`` arguments) on top."""
+    import yaml
+
+    from zoo.config import list_group, recipes_dir
+
+    data: dict[str, Any] = {}
+    if group is not None:
+        if group not in list_group("data"):
+            raise unknown("data option", group, list_group("data"))
+        data.update(yaml.safe_load((recipes_dir() / "data" / f"{group}.yaml").read_text()))
+    data.update(overrides or {})
+    return data
