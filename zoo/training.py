@@ -232,6 +232,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # final report: the best checkpoint (by val BPB) on train (capped to val's size), val, test
     splits = list(config["report"]["splits"])
+    if dm.streaming and "train" in splits:
+        rank_zero_info("report: no train row in streaming mode (the stream has no fixed sample); val and test")
+        splits.remove("train")
     task.report_stages = [f"report_{s}" for s in splits]
     n_val = len(dm.dataset("val"))
     loaders = [dm.eval_dataloader(s, max_samples=n_val if s == "train" else None) for s in splits]

@@ -1,11 +1,25 @@
-"""Tokenised splits cached on disk as memory-mapped token arrays.
+"""The token cache on disk: sharded, checksummed, memory-mapped token arrays.
 
-A split is tokenised once and stored as one flat token file in which every document is
-followed by the end-of-text token, plus the offsets where documents start. The cache key is
-a hash of the source's fingerprint, the split and the tokenizer, so a second run (or another
-model family on the same data) starts in seconds, and a change to any of them rebuilds.
-Files are written to a temporary folder and renamed into place, so a killed build leaves no
-half-written cache behind.
+One folder per (source, tokenizer)::
+
+    tokens/<source>-<key>/
+        plan.json                   the source's units (what each shard is made of)
+        shards/000042.done.json     unit 42 is finished: per split documents, tokens, bytes, hash
+        shards/000042.train.bin     its training documents' tokens, each document + end-of-text
+        shards/000042.train.idx     where its documents start (int64 offsets, n_documents + 1)
+        train/meta.json             the split: its shards in order, totals (written at the end)
+        val/  test/                 the same for the other splits
+        complete.json               every split is finished
+
+A shard is bounded by its unit (about 64 MB of text). Its data files are written under
+temporary names and renamed, and ``done.json`` comes last, so a killed preparation leaves
+only whole shards; it resumes at the first unit without one. Nothing in the folder holds a
+time or a host name, so a resumed or multi-node build is byte-identical to one uninterrupted
+build. The cache key hashes the source's fingerprint and the tokenizer: a change to either
+builds a new folder.
+
+:func:`load_split` checks every shard's size at open (cheap) and, with ``verify=True``, its
+blake2b hash; a damaged cache is refused with a message that says what to delete.
 """
 
 from __future__ import annotations
@@ -13,20 +27,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from zoo.data.sources import Source
+from zoo.data.sources import SPLITS, Source, Unit
 from zoo.data.tokenizer import EOT, tokenizer_fingerprint
 from zoo.errors import ZooError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -34,17 +48,229 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo")).expanduser()
 
 
+def token_dtype(tokenizer: PreTrainedTokenizerFast) -> np.dtype:
+    """uint16 while the vocabulary fits, else uint32."""
+    return np.dtype(np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32)
+
+
+def source_dir(source: Source, tokenizer: PreTrainedTokenizerFast, cache_dir: Path) -> Path:
+    """The folder that holds (or will hold) ``source`` tokenised with ``tokenizer``."""
+    blob = json.dumps([CACHE_VERSION, source.fingerprint(), tokenizer_fingerprint(tokenizer)])
+    key = hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", source.name)
+    return Path(cache_dir) / "tokens" / f"{safe}-{key}"
+
+
+def split_dir(source: Source, split: str, tokenizer: PreTrainedTokenizerFast, cache_dir: Path) -> Path:
+    """The folder of one split (what :func:`load_split` opens)."""
+    return source_dir(source, tokenizer, cache_dir) / split
+
+
+def is_complete(folder: Path) -> bool:
+    return (Path(folder) / "complete.json").is_file()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename), with sorted keys."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------ plan
+
+
+def unit_record(unit: Unit) -> dict[str, Any]:
+    return {"index": unit.index, "description": unit.description, "size": unit.size,
+            "locator": list(unit.locator)}
+
+
+def write_plan(folder: Path, source: Source, units: Sequence[Unit], dtype: np.dtype) -> dict[str, Any]:
+    """Record the units of a build (or check that a resumed build has the same ones)."""
+    plan = {"version": CACHE_VERSION, "source": source.name, "fingerprint": source.fingerprint(),
+            "dtype": dtype.name, "units": [unit_record(u) for u in units]}
+    path = folder / "plan.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(plan)):
+            raise ZooError(f"{folder} was started with other units than this source has now (its files "
+                           "changed?); delete the folder to rebuild it")
+        return old
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    write_json(path, plan)
+    return plan
+
+
+# ------------------------------------------------------------------------------------ one shard
+
+
+def shard_stem(folder: Path, index: int) -> Path:
+    return folder / "shards" / f"{index:06d}"
+
+
+def shard_done(folder: Path, index: int) -> bool:
+    return shard_stem(folder, index).with_suffix(".done.json").is_file()
+
+
+class _SplitWriter:
+    """Tokens and offsets of one split of one shard, hashed as they are written."""
+
+    def __init__(self, stem: Path, split: str, dtype: np.dtype) -> None:
+        self.final = stem.with_suffix(f".{split}.bin")
+        self.tmp = self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
+        self.file = open(self.tmp, "wb")
+        self.dtype = dtype
+        self.offsets = [0]
+        self.n_bytes = 0
+        self.hash = hashlib.blake2b(digest_size=16)
+
+    def add(self, ids: Sequence[int], eot: int, n_bytes: int) -> None:
+        arr = np.asarray([*ids, eot], dtype=self.dtype).tobytes()
+        self.file.write(arr)
+        self.hash.update(arr)
+        self.offsets.append(self.offsets[-1] + len(ids) + 1)
+        self.n_bytes += n_bytes
+
+    def close(self) -> dict[str, Any]:
+        self.file.close()
+        n_docs = len(self.offsets) - 1
+        if n_docs == 0:
+            self.tmp.unlink()
+        else:
+            idx = self.final.with_suffix(".idx")
+            idx_tmp = idx.with_name(f".{idx.name}.tmp-{os.getpid()}")
+            np.asarray(self.offsets, dtype=np.int64).tofile(idx_tmp)
+            os.replace(idx_tmp, idx)
+            os.replace(self.tmp, self.final)
+        return {"documents": n_docs, "tokens": self.offsets[-1], "bytes": self.n_bytes,
+                "blake2b": self.hash.hexdigest() if n_docs else None}
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_shard(source: Source, unit: Unit, tokenizer: PreTrainedTokenizerFast, folder: Path,
+                batch_docs: int = 256) -> dict[str, Any]:
+    """Read ``unit`` once, tokenise each document into its split's file, and mark it done.
+
+    Returns the shard record (also written to ``<stem>.done.json``): per split the number
+    of documents, tokens, UTF-8 bytes and the blake2b hash of the token file.
+    """
+    stem = shard_stem(folder, unit.index)
+    dtype = token_dtype(tokenizer)
+    eot = tokenizer.convert_tokens_to_ids(EOT)
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    writers = {split: _SplitWriter(stem, split, dtype) for split in SPLITS}
+    pending: dict[str, list[str]] = {split: [] for split in SPLITS}
+
+    def flush(split: str) -> None:
+        texts = pending[split]
+        for text, enc in zip(texts, encode(texts, add_special_tokens=False), strict=True):
+            writers[split].add(enc.ids, eot, len(text.encode("utf-8", "surrogatepass")))
+        texts.clear()
+
+    try:
+        for split, doc in source.split_documents(unit):
+            pending[split].append(doc)
+            if len(pending[split]) >= batch_docs:
+                flush(split)
+        for split in SPLITS:
+            flush(split)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    record = {"unit": unit.index, "splits": {split: w.close() for split, w in writers.items()}}
+    write_json(stem.with_suffix(".done.json"), record)
+    return record
+
+
+# ------------------------------------------------------------------------------------ finishing
+
+
+def finalize(folder: Path, plan: dict[str, Any], empty_error: ZooError | None = None,
+             empty_ok: frozenset[str] = frozenset()) -> None:
+    """Write each split's ``meta.json`` (its shards in unit order) and ``complete.json``."""
+    records = [json.loads(shard_stem(folder, u["index"]).with_suffix(".done.json").read_text())
+               for u in plan["units"]]
+    totals = {}
+    for split in SPLITS:
+        shards = [{"unit": r["unit"], **r["splits"][split]} for r in records if r["splits"][split]["documents"]]
+        n_docs = sum(s["documents"] for s in shards)
+        if n_docs == 0 and split not in empty_ok:
+            raise empty_error or ZooError(
+                f"source '{plan['source']}' has no documents in its {split} split; "
+                "give it more documents or change val_fraction/test_fraction"
+            )
+        meta = {"version": CACHE_VERSION, "source": plan["source"], "fingerprint": plan["fingerprint"],
+                "split": split, "dtype": plan["dtype"], "n_documents": n_docs,
+                "n_tokens": sum(s["tokens"] for s in shards), "n_bytes": sum(s["bytes"] for s in shards),
+                "shards": shards}
+        (folder / split).mkdir(exist_ok=True)
+        write_json(folder / split / "meta.json", meta)
+        totals[split] = {k: meta[k] for k in ("n_documents", "n_tokens", "n_bytes")}
+    write_json(folder / "complete.json", {"version": CACHE_VERSION, "splits": totals})
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+class ShardedTokens:
+    """Read-only, array-like view of several memory-mapped token files as one stream."""
+
+    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.dtype = self.parts[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, key: slice | int) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("ShardedTokens supports contiguous slices only")
+            return self._range(start, max(start, stop))
+        i = int(key) + (len(self) if key < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(key)
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k][i - self.starts[k]]
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while start < stop and k < len(self.parts):
+            lo = start - self.starts[k]
+            hi = min(stop, self.starts[k + 1]) - self.starts[k]
+            pieces.append(self.parts[k][lo:hi])
+            start = int(self.starts[k] + hi)
+            k += 1
+        if len(pieces) == 1:
+            return pieces[0]
+        return np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.concatenate(self.parts)
+        return out if dtype is None else out.astype(dtype)
+
+
 @dataclass
 class TokenizedSplit:
-    """One split of one source: documents as slices of a memory-mapped token array.
+    """One split of one source: documents as slices of a (sharded) memory-mapped token stream.
 
     ``tokens[offsets[i]:offsets[i + 1]]`` is document ``i`` followed by its end-of-text token.
+    ``path`` is the split's folder (what estimates and other derived files are keyed on).
     """
 
     name: str
-    tokens: np.ndarray
+    tokens: np.ndarray | ShardedTokens
     offsets: np.ndarray
     n_bytes: int
+    path: Path
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -58,90 +284,55 @@ class TokenizedSplit:
         return self.tokens[self.offsets[i] : self.offsets[i + 1] - 1]
 
 
-def _key(source: Source, split: str, tokenizer: PreTrainedTokenizerFast) -> str:
-    blob = json.dumps([CACHE_VERSION, source.fingerprint(), split, tokenizer_fingerprint(tokenizer)])
-    return hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
+def _damaged(path: Path, why: str) -> ZooError:
+    return ZooError(f"token cache {path} is damaged ({why}); delete {path.parent} to rebuild it")
 
 
-def split_path(source: Source, split: str, tokenizer: PreTrainedTokenizerFast, cache_dir: Path) -> Path:
-    """Folder that holds (or will hold) the cached split."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.name)
-    return Path(cache_dir) / "tokens" / f"{safe}-{split}-{_key(source, split, tokenizer)}"
+def file_hash(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
-def build_split(
-    source: Source,
-    split: str,
-    tokenizer: PreTrainedTokenizerFast,
-    cache_dir: Path,
-    batch_docs: int = 512,
-) -> Path:
-    """Tokenise ``source``'s split into the cache unless it is there already; return the folder."""
-    final = split_path(source, split, tokenizer, cache_dir)
-    if (final / "meta.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32
-    eot = tokenizer.convert_tokens_to_ids(EOT)
-    offsets = [0]
-    n_bytes = 0
-    try:
-        with open(tmp / "tokens.bin", "wb") as f:
-            batch: list[str] = []
+def load_split(path: Path, verify: bool = False) -> TokenizedSplit:
+    """Open a cached split (its folder) memory-mapped, read-only.
 
-            def flush() -> None:
-                nonlocal n_bytes
-                for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-                    arr = np.asarray([*ids, eot], dtype=dtype)
-                    f.write(arr.tobytes())
-                    offsets.append(offsets[-1] + len(arr))
-                n_bytes += sum(len(t.encode("utf-8")) for t in batch)
-                batch.clear()
-
-            desc = f"tokenising {source.name}/{split}"
-            for doc in tqdm(source.documents(split), desc=desc, unit=" docs", mininterval=1.0):
-                batch.append(doc)
-                if len(batch) >= batch_docs:
-                    flush()
-            if batch:
-                flush()
-        if len(offsets) == 1:
-            raise ZooError(
-                f"source '{source.name}' has no documents in its {split} split; "
-                "give it more documents or change val_fraction/test_fraction"
-            )
-        np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-        meta = {
-            "version": CACHE_VERSION,
-            "source": source.name,
-            "fingerprint": source.fingerprint(),
-            "split": split,
-            "dtype": np.dtype(dtype).name,
-            "n_documents": len(offsets) - 1,
-            "n_tokens": offsets[-1],
-            "n_bytes": n_bytes,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same split first: keep theirs
-            if not (final / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def load_split(path: Path) -> TokenizedSplit:
-    """Open a cached split memory-mapped (read-only)."""
+    Every shard's size is checked against ``meta.json``; ``verify=True`` also checks each
+    shard's blake2b hash (reads everything once).
+    """
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
-        tokens = np.memmap(path / "tokens.bin", dtype=meta["dtype"], mode="r")
-        offsets = np.load(path / "offsets.npy")
-    except (OSError, ValueError, KeyError) as e:
-        raise ZooError(f"token cache {path} is unreadable ({e}); delete the folder to rebuild it") from e
-    if offsets[-1] != len(tokens):
-        raise ZooError(f"token cache {path} is truncated; delete the folder to rebuild it")
-    return TokenizedSplit(f"{meta['source']}/{meta['split']}", tokens, offsets, int(meta["n_bytes"]))
+        if not meta["shards"]:
+            raise ZooError(f"token cache {path} holds no documents")
+        dtype = np.dtype(meta["dtype"])
+        parts, offsets, base = [], [np.zeros(1, np.int64)], 0
+        for shard in meta["shards"]:
+            stem = path.parent / "shards" / f"{shard['unit']:06d}.{meta['split']}"
+            bin_file, idx_file = stem.with_suffix(stem.suffix + ".bin"), stem.with_suffix(stem.suffix + ".idx")
+            if bin_file.stat().st_size != shard["tokens"] * dtype.itemsize:
+                raise _damaged(path, f"{bin_file.name} has {bin_file.stat().st_size} bytes, "
+                                     f"not {shard['tokens'] * dtype.itemsize}")
+            if verify and file_hash(bin_file) != shard["blake2b"]:
+                raise _damaged(path, f"{bin_file.name} does not match its checksum")
+            idx = np.fromfile(idx_file, dtype=np.int64)
+            if len(idx) != shard["documents"] + 1 or idx[-1] != shard["tokens"]:
+                raise _damaged(path, f"{idx_file.name} does not fit its token file")
+            parts.append(np.memmap(bin_file, dtype=dtype, mode="r"))
+            offsets.append(idx[1:] + base)
+            base += shard["tokens"]
+    except ZooError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ZooError(f"token cache {path} is unreadable ({type(e).__name__}: {e}); "
+                       f"delete {path.parent} to rebuild it") from None
+    tokens = parts[0] if len(parts) == 1 else ShardedTokens(parts)
+    return TokenizedSplit(f"{meta['source']}/{meta['split']}", tokens, np.concatenate(offsets),
+                          int(meta["n_bytes"]), path)
+
+
+def iter_shard_files(folder: Path) -> Iterable[Path]:
+    """Every file of a cache folder, sorted (to compare two builds byte for byte)."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file())

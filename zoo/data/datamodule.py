@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
-from zoo.data import cache
+from zoo.data import cache, prepare
 from zoo.data.samples import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
 from zoo.data.sampling import EvalShardSampler, GlobalBatchSampler, dist_info
 from zoo.data.sources import SPLITS, Source, build_source
+from zoo.data.streaming import HeldOutSlice, StreamingSamples, training_documents
 from zoo.data.tokenizer import (
     EOT,
     PAD,
@@ -42,9 +43,9 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata calls a deprecated torch API
 
 
-def _interleave(sources: Sequence[Source], split: str):
-    """Round-robin over the sources' documents, so a capped sample covers all of them."""
-    iters = [iter(s.documents(split)) for s in sources]
+def _round_robin(streams: Sequence[Iterable[str]]) -> Iterator[str]:
+    """One document of each stream in turn, so a capped sample covers all of them."""
+    iters = [iter(s) for s in streams]
     while iters:
         for it in list(iters):
             try:
@@ -68,6 +69,10 @@ class TextDataModule(L.LightningDataModule):
             on (at most that many bytes of) the training split.
         cache_dir: where tokenizers and tokenised splits are cached (default ``~/.cache/zoo``).
         num_workers: dataloader worker processes.
+        num_proc: processes that prepare (tokenise) the corpus; ``None``: every CPU.
+        streaming: train on the sources' streams, tokenised on the fly (:mod:`zoo.data.streaming`);
+            val and test are then the first ``heldout_documents`` documents of each source.
+        prepare_command: the command that prepares this data beforehand (named in errors).
         seed: seed of the mixture draw and of the training shuffle.
     """
 
@@ -82,7 +87,11 @@ class TextDataModule(L.LightningDataModule):
         cache_dir: str | Path | None = None,
         num_workers: int = 0,
         pin_memory: bool | None = None,
+        num_proc: int | None = None,
+        streaming: bool = False,
+        heldout_documents: int = 50_000,
         seed: int = 1234,
+        prepare_command: str = "python -m zoo.data prepare data=... (the same data options)",
     ) -> None:
         super().__init__()
         if layout not in LAYOUTS:
@@ -106,6 +115,19 @@ class TextDataModule(L.LightningDataModule):
             )
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
         self.num_workers = num_workers
+        if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+            raise ZooError(f"data.num_proc must be a positive integer or null (every CPU), got {num_proc!r}")
+        self.num_proc = prepare.default_num_proc() if num_proc is None else num_proc
+        self.prepare_command = prepare_command
+        if not isinstance(streaming, bool):
+            raise ZooError(f"data.streaming must be true or false, got {streaming!r}")
+        if isinstance(heldout_documents, bool) or not isinstance(heldout_documents, int) or heldout_documents < 2:
+            raise ZooError(f"data.heldout_documents must be an integer >= 2, got {heldout_documents!r}")
+        self.streaming, self.heldout_documents = streaming, heldout_documents
+        #: what val and test are cut from: the sources, or (streaming) their held-out slices
+        self.eval_sources: list[Source] = (
+            [HeldOutSlice(s, heldout_documents) for s in self.sources] if streaming else self.sources
+        )
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
         self._tokenizer: PreTrainedTokenizerFast | None = None
@@ -130,9 +152,15 @@ class TextDataModule(L.LightningDataModule):
         vocab = int(self.tokenizer_cfg.get("vocab_size", 8192))
         train_bytes = int(self.tokenizer_cfg.get("train_bytes", 50_000_000))
         log.info("training a %d-token byte-level BPE on up to %d bytes of the training split", vocab, train_bytes)
-        tok = train_bpe(sample_texts(_interleave(self.sources, "train"), train_bytes), vocab_size=vocab)
+        tok = train_bpe(sample_texts(self._training_texts(), train_bytes), vocab_size=vocab)
         save_tokenizer(tok, path)
         return tok
+
+    def _training_texts(self):
+        """Training documents of every source, round-robin (what the tokenizer samples)."""
+        if self.streaming:
+            return _round_robin([training_documents(s, self.heldout_documents) for s in self.sources])
+        return _round_robin([s.documents("train") for s in self.sources])
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerFast:
@@ -147,11 +175,21 @@ class TextDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------- Lightning hooks
     def prepare_data(self) -> None:
-        """Train/load the tokenizer and tokenise every split of every source into the cache."""
+        """Train/load the tokenizer and tokenise every source into the cache (one pass each,
+        on ``num_proc`` processes; a finished cache is found at once)."""
         tok = self.tokenizer
-        for source in self.sources:
-            for split in SPLITS:
-                cache.build_split(source, split, tok, self.cache_dir)
+        for source in self.eval_sources if self.streaming else self.sources:
+            prepare.inline_guard(source, tok, self.cache_dir, self.num_proc, self.prepare_command)
+            done = prepare.prepare_source(source, tok, self.cache_dir, num_proc=self.num_proc)
+            if not done.complete:
+                raise ZooError(
+                    f"token cache {done.folder} is partly prepared (other nodes' shares are missing); "
+                    f"finish it with: {self.prepare_command}"
+                )
+
+    def split_path(self, source: Source, split: str) -> Path:
+        """The cached split's folder (prepared first if needed)."""
+        return prepare.split_tokens(source, split, self.tokenizer, self.cache_dir, self.num_proc)
 
     def setup(self, stage: str | None = None) -> None:
         if self._datasets:
@@ -161,10 +199,16 @@ class TextDataModule(L.LightningDataModule):
         lut = token_byte_lengths(tok)
         pad, eot = tok.convert_tokens_to_ids(PAD), tok.convert_tokens_to_ids(EOT)
         for split in SPLITS:
+            if split == "train" and self.streaming:
+                rank, world = self._rank_world()
+                self._datasets[split] = StreamingSamples(
+                    self.sources, self.weights, self.heldout_documents, tok, self.n_ctx, self.layout, lut, pad,
+                    rank=rank, world_size=world, seed=self.seed,
+                )
+                continue
             parts = []
-            for source in self.sources:
-                path = cache.build_split(source, split, tok, self.cache_dir)  # no-op when cached
-                data = cache.load_split(path)
+            for source in self.eval_sources:
+                data = cache.load_split(prepare.split_tokens(source, split, tok, self.cache_dir, self.num_proc))
                 if self.layout == "packed":
                     parts.append(PackedDataset(data, self.n_ctx, lut, pad, drop_last=split == "train"))
                 else:
@@ -175,7 +219,7 @@ class TextDataModule(L.LightningDataModule):
                 ds = ConcatDataset(parts)
             else:
                 ds = parts[0]
-            if len(ds) == 0:
+            if len(ds) == 0:  # type: ignore[arg-type]
                 raise ZooError(
                     f"the {split} split has no samples of {self.n_ctx + 1} tokens; "
                     "use more data or a smaller data.n_ctx"
@@ -197,10 +241,17 @@ class TextDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, max_samples: int | None = None) -> DataLoader:
         ds = self.dataset(split)
+        rank, world = self._rank_world()
+        if isinstance(ds, StreamingSamples):  # shards itself by rank and worker
+            if not shuffle:
+                raise ZooError("data.streaming=true: the training stream has no fixed evaluation sample; "
+                               "evaluate on val or test")
+            ds.rank, ds.world_size = rank, world
+            return StatefulDataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers,
+                                      pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
         if max_samples is not None and max_samples < len(ds):  # a seeded, fixed subset
             keep = np.random.default_rng(self.seed).choice(len(ds), size=max_samples, replace=False)
             ds = Subset(ds, np.sort(keep).tolist())
-        rank, world = self._rank_world()
         # StatefulDataLoader remembers its position in the epoch; Lightning stores it in every
         # checkpoint, so a resumed run continues mid-epoch with the very next batch.
         if shuffle:
@@ -230,7 +281,7 @@ class TextDataModule(L.LightningDataModule):
     def split_text(self, split: str, max_bytes: int | None = None) -> bytes:
         """The split's documents as UTF-8, joined by newlines (for classical compressors)."""
         out, n = [], 0
-        for source in self.sources:
+        for source in self.eval_sources:
             for doc in source.documents(split):
                 b = doc.encode("utf-8")
                 out.append(b)
@@ -259,17 +310,19 @@ class TextDataModule(L.LightningDataModule):
 
     def split_bytes(self, split: str) -> int:
         """UTF-8 bytes of a split's documents (as tokenised)."""
-        tok = self.tokenizer
-        return sum(cache.load_split(cache.build_split(s, split, tok, self.cache_dir)).n_bytes for s in self.sources)
+        return sum(cache.load_split(self.split_path(s, split)).n_bytes for s in self.eval_sources)
 
     def describe(self) -> str:
         """A one-line summary per split: documents, tokens, bytes, bytes per token."""
-        tok = self.tokenizer
         lines = []
         for split in SPLITS:
+            if split == "train" and self.streaming:
+                lines.append(f"train: streamed from {', '.join(s.name for s in self.sources)} after the first "
+                             f"{self.heldout_documents:,} documents of each (tokenised on the fly)")
+                continue
             docs = toks = nbytes = 0
-            for s in self.sources:
-                d = cache.load_split(cache.build_split(s, split, tok, self.cache_dir))
+            for s in self.eval_sources:
+                d = cache.load_split(self.split_path(s, split))
                 docs, toks, nbytes = docs + len(d), toks + d.n_tokens, nbytes + d.n_bytes
             lines.append(
                 f"{split:5s}: {docs:>9,d} docs {toks:>12,d} tokens {nbytes:>13,d} bytes "

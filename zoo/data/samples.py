@@ -32,7 +32,7 @@ LAYOUTS = ("packed", "left_padded")
 IGNORE = -100
 
 
-def _sample(window: np.ndarray, target_valid: np.ndarray, input_valid: np.ndarray, byte_lut: np.ndarray) -> dict:
+def sample_from_window(window: np.ndarray, target_valid: np.ndarray, input_valid: np.ndarray, byte_lut: np.ndarray) -> dict:
     x = torch.from_numpy(window[:-1].astype(np.int64))
     y = torch.from_numpy(window[1:].astype(np.int64))
     valid = torch.from_numpy(target_valid)
@@ -67,7 +67,7 @@ class PackedDataset(Dataset):
             window = np.concatenate([window, np.full(self.n_ctx + 1 - n, self.pad_id, window.dtype)])
         target_valid = np.arange(self.n_ctx) < n - 1
         input_valid = np.arange(self.n_ctx) < n
-        return _sample(window, target_valid, input_valid, self.byte_lut)
+        return sample_from_window(window, target_valid, input_valid, self.byte_lut)
 
 
 class LeftPaddedDataset(Dataset):
@@ -87,7 +87,7 @@ class LeftPaddedDataset(Dataset):
             [np.full(n_pad, self.pad_id, doc.dtype), np.asarray([self.eot_id], doc.dtype), doc]
         )
         positions = np.arange(self.n_ctx)
-        return _sample(window, positions >= n_pad, positions >= n_pad, self.byte_lut)
+        return sample_from_window(window, positions >= n_pad, positions >= n_pad, self.byte_lut)
 
 
 class MixtureDataset(Dataset):

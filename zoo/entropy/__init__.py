@@ -7,7 +7,7 @@ that approaches but does not undercut it, and the entropy of weights and data.
 * :mod:`zoo.entropy.data` — batches that carry the estimates (``entropy``), document budgets.
 * :mod:`zoo.metrics.entropy` — the entropy-aware losses and the ``EntropyGap`` metric.
 * :mod:`zoo.entropy.weights` — weight entropy per layer over training (callback + plot).
-* :mod:`zoo.data.markov` — a synthetic source with an exactly known entropy rate.
+* :mod:`zoo.data.sources.markov` — a synthetic source with an exactly known entropy rate.
 * :mod:`zoo.diversity` — data diversity of corpora (``python -m zoo.diversity``).
 """
 

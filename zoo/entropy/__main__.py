@@ -71,7 +71,6 @@ def require(args: dict[str, Any], key: str, what: str) -> Any:
 
 def estimate(args: dict[str, Any], group: str | None) -> list[dict[str, Any]]:
     """Run the chain-rule estimator over every source of the split; one summary per source."""
-    from zoo.data import cache
     from zoo.data.tokenizer import EOT, PAD, token_byte_lengths
     from zoo.entropy.estimate import estimate_split, task_model_fn
     from zoo.evaluate import prepare
@@ -86,7 +85,7 @@ def estimate(args: dict[str, Any], group: str | None) -> list[dict[str, Any]]:
     pad, eot = tok.convert_tokens_to_ids(PAD), tok.convert_tokens_to_ids(EOT)
     summaries = []
     for source in dm.sources:
-        path = cache.build_split(source, split, tok, dm.cache_dir)
+        path = dm.split_path(source, split)
         ident = {"checkpoint": str(Path(checkpoint).resolve()), "vocab_size": len(tok), "pad_id": pad, "eot_id": eot}
         summaries.append(estimate_split(
             task_model_fn(task), path, out, dm.n_ctx, pad, eot, token_byte_lengths(tok),

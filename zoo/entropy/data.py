@@ -110,10 +110,9 @@ class EntropyDataModule(TextDataModule):
         self.splits_with_entropy: list[str] = []
 
     def _attach(self, split: str, part: PackedDataset | LeftPaddedDataset) -> Dataset:
-        filename = getattr(part.split.tokens, "filename", None)
-        if self.estimates_dir is None or filename is None:
+        if self.estimates_dir is None:
             return part
-        folder = estimates_path(self.estimates_dir, Path(filename).parent)
+        folder = estimates_path(self.estimates_dir, part.split.path)
         if not (folder / ESTIMATES_FILE).is_file():
             return part
         if split not in self.splits_with_entropy:

@@ -162,9 +162,10 @@ def summarize(estimates: np.ndarray, token_bytes: np.ndarray) -> dict[str, Any]:
 
 
 def estimates_path(out_dir: str | Path, token_cache: str | Path) -> Path:
-    """Folder of a split's estimates: ``out_dir/<name of the token cache folder>``, so the
+    """Folder of a split's estimates: ``out_dir/<token cache folder>-<split>``, so the
     estimates are tied to the exact source, split and tokenizer they were computed on."""
-    return Path(out_dir) / Path(token_cache).name
+    path = Path(token_cache)
+    return Path(out_dir) / f"{path.parent.name}-{path.name}"
 
 
 def open_estimates(folder: str | Path) -> np.memmap:

@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from zoo.data.sources import _REGISTRY, Source, _count
+from zoo.data.sources.base import Source
+from zoo.data.sources.options import check_count
+from zoo.data.sources.registry import register_source
 from zoo.errors import ZooError
 
 
@@ -164,6 +166,7 @@ def _markov_documents(alphabet: int, order: int, concentration: float, seed: int
     return tuple(dict.fromkeys(chain.texts(n, length, seed=seed + 1)))  # duplicates: none in practice
 
 
+@register_source("markov")
 class MarkovSource(Source):
     """Documents drawn from a seeded random order-``k`` Markov chain (module docstring).
 
@@ -176,15 +179,15 @@ class MarkovSource(Source):
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         super().__init__(name, options)
-        self.n_documents = _count(name, options, "n_documents", minimum=1)
-        self.length = _count(name, options, "length", minimum=1)
-        self.seed = _count(name, options, "seed", minimum=0)
+        self.n_documents = check_count(name, options, "n_documents", minimum=1)
+        self.length = check_count(name, options, "length", minimum=1)
+        self.seed = check_count(name, options, "seed", minimum=0)
         conc = options["concentration"]
         if isinstance(conc, bool) or not isinstance(conc, int | float) or conc <= 0:
             raise ZooError(f"source '{name}': concentration must be a positive number, got {conc!r}")
         try:
             self.chain = MarkovChain(
-                _count(name, options, "alphabet", minimum=2), _count(name, options, "order", minimum=1),
+                check_count(name, options, "alphabet", minimum=2), check_count(name, options, "order", minimum=1),
                 float(conc), self.seed,
             )
             if self.length < self.chain.order:
@@ -205,5 +208,3 @@ class MarkovSource(Source):
     def _content_key(self) -> dict[str, Any]:
         return {"generator": "zoo.data.markov v1"}
 
-
-_REGISTRY["markov"] = (MarkovSource, {})
