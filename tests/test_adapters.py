@@ -58,7 +58,7 @@ def adapter_run(tiny_base, math_sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter") / "run"
     cfg = compose("adapter_math", [*SIZES, f"init_from={tiny_base}", "trainer.max_steps=20",
                                    "data=files", f"data.sources.0.paths=[{math_sample}]",
-                                   "+data.sources.0.val_fraction=0.1", "+data.sources.0.split_salt=sample",
+                                   "data.sources.0.val_fraction=0.1", "data.sources.0.split_salt=sample",
                                    "trainer.val_check_interval=10", "logger=csv", "report.splits=[val]",
                                    "report.compressors=[gzip]", "optim.lr=1e-2"])
     report = train(cfg, out)
@@ -166,7 +166,7 @@ def test_adapter_config_errors(tiny_base, math_sample, tmp_path) -> None:
     with pytest.raises(ZooError, match="weights do not fit this model"):
         train(compose("adapter_math", [*SIZES, "model.d_model=64", f"init_from={tiny_base}", "logger=none",
                                        "data=files", f"data.sources.0.paths=[{math_sample}]",
-                                       "+data.sources.0.val_fraction=0.1", "+data.sources.0.split_salt=sample"]),
+                                       "data.sources.0.val_fraction=0.1", "data.sources.0.split_salt=sample"]),
               tmp_path / "y")
 
 

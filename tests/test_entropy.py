@@ -19,6 +19,7 @@ from zoo.data.tokenizer import EOT, PAD
 from zoo.entropy.data import EntropyDataModule
 from zoo.entropy.estimate import (
     chain_rule_estimates,
+    estimates_path,
     estimate_split,
     naive_estimates,
     prefix_batch,
@@ -240,7 +241,7 @@ def test_estimate_split_is_aligned_resumable_and_summarized(eacd, markov_dm, tmp
     fn, lut = task_model_fn(eacd), token_byte_lengths(tok)
     first = estimate_split(fn, path, tmp_path, N_CTX, pad, eot, lut, max_documents=5, docs_per_chunk=2,
                            progress=False)
-    folder = tmp_path / path.name
+    folder = estimates_path(tmp_path, path)
     assert json.loads((folder / "progress.json").read_text())["done"] == 5
     est = np.memmap(folder / "entropy.f32", dtype=np.float32, mode="r")
     split = cache.load_split(path)
@@ -293,7 +294,7 @@ def test_entropy_data_module_aligns_estimates_and_trains(eacd, markov_dm, tmp_pa
     path = prepare.split_tokens(markov_dm.sources[0], "train", tok, markov_dm.cache_dir)
     estimate_split(task_model_fn(eacd), path, tmp_path, N_CTX, pad, eot, token_byte_lengths(tok),
                    max_documents=64, progress=False)
-    est = np.memmap(tmp_path / path.name / "entropy.f32", dtype=np.float32, mode="r")
+    est = np.memmap(estimates_path(tmp_path, path) / "entropy.f32", dtype=np.float32, mode="r")
     split = cache.load_split(path)
     for layout, n_ctx in (("left_padded", N_CTX), ("packed", 16)):
         dm = EntropyDataModule([MARKOV], layout=layout, n_ctx=n_ctx, batch_size=8, tokenizer=BYTES,

@@ -117,7 +117,7 @@ def test_hub_schema_parquet_trains(source, tmp_path, cache_dir) -> None:
     pq.write_table(table(0, 300), tmp_path / "train-0.parquet")
     data_file = str(tmp_path / "train-0.parquet")
     cfg = tiny("quickstart", "data=finemath" if source == "finemath" else "data=fineweb_edu",
-               f"+data.sources.0.data_files={data_file}", "data.sources.0.val_fraction=0.1",
+               f"data.sources.0.data_files={data_file}", "data.sources.0.val_fraction=0.1",
                "data.sources.0.test_fraction=0.1", "logger=csv")
     report = train(cfg, tmp_path / "run")
     assert report["splits"]["val"]["bpb"] > 0

@@ -152,6 +152,11 @@ def init_weights_from(task: LanguageModelTask, source: str, tokenizer: Any) -> N
         raise ZooError(f"init_from={source}: weights do not fit this model ({str(e).splitlines()[0]})") from e
 
 
+def prepare_command(config: Mapping[str, Any]) -> str:
+    """The command that prepares this run's data beforehand (named when a job should not)."""
+    return f"python -m zoo.data prepare recipe={config['name']} (with this run's data=... and data.KEY=... options)"
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, checkpoint, report and export one run; returns the final report."""
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -167,7 +172,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
         dm = EntropyDataModule(seed=config["seed"], entropy=config["entropy"], **data_cfg)
     else:
-        dm = TextDataModule(seed=config["seed"], **data_cfg)
+        dm = TextDataModule(seed=config["seed"], prepare_command=prepare_command(config), **data_cfg)
     dm.prepare_data()
     task = LanguageModelTask(
         model=config["model"], vocab_size=dm.vocab_size, n_ctx=dm.n_ctx, optim=config["optim"],

@@ -140,8 +140,12 @@ class _SplitWriter:
             idx = self.final.with_suffix(".idx")
             idx_tmp = idx.with_name(f".{idx.name}.tmp-{os.getpid()}")
             np.asarray(self.offsets, dtype=np.int64).tofile(idx_tmp)
-            os.replace(idx_tmp, idx)
-            os.replace(self.tmp, self.final)
+            try:
+                os.replace(idx_tmp, idx)
+                os.replace(self.tmp, self.final)
+            except FileNotFoundError:  # another process finished this unit and tidied up first
+                if not self.final.is_file():
+                    raise
         return {"documents": n_docs, "tokens": self.offsets[-1], "bytes": self.n_bytes,
                 "blake2b": self.hash.hexdigest() if n_docs else None}
 
@@ -211,6 +215,8 @@ def finalize(folder: Path, plan: dict[str, Any], empty_error: ZooError | None = 
         (folder / split).mkdir(exist_ok=True)
         write_json(folder / split / "meta.json", meta)
         totals[split] = {k: meta[k] for k in ("n_documents", "n_tokens", "n_bytes")}
+    for stale in (folder / "shards").glob(".*.tmp-*"):  # left by a killed build: every shard is done now
+        stale.unlink(missing_ok=True)
     write_json(folder / "complete.json", {"version": CACHE_VERSION, "splits": totals})
 
 

@@ -27,7 +27,7 @@ from zoo.data import cache, prepare
 from zoo.data.samples import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
 from zoo.data.sampling import EvalShardSampler, GlobalBatchSampler, dist_info
 from zoo.data.sources import SPLITS, Source, build_source
-from zoo.data.streaming import HeldOutSlice, StreamingSamples, training_documents
+from zoo.data.streaming import HeldOutSlice, PrefetchedStreamLoader, StreamingSamples, training_documents
 from zoo.data.tokenizer import (
     EOT,
     PAD,
@@ -180,12 +180,7 @@ class TextDataModule(L.LightningDataModule):
         tok = self.tokenizer
         for source in self.eval_sources if self.streaming else self.sources:
             prepare.inline_guard(source, tok, self.cache_dir, self.num_proc, self.prepare_command)
-            done = prepare.prepare_source(source, tok, self.cache_dir, num_proc=self.num_proc)
-            if not done.complete:
-                raise ZooError(
-                    f"token cache {done.folder} is partly prepared (other nodes' shares are missing); "
-                    f"finish it with: {self.prepare_command}"
-                )
+            prepare.prepare_source(source, tok, self.cache_dir, num_proc=self.num_proc)
 
     def split_path(self, source: Source, split: str) -> Path:
         """The cached split's folder (prepared first if needed)."""
@@ -247,8 +242,8 @@ class TextDataModule(L.LightningDataModule):
                 raise ZooError("data.streaming=true: the training stream has no fixed evaluation sample; "
                                "evaluate on val or test")
             ds.rank, ds.world_size = rank, world
-            return StatefulDataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers,
-                                      pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+            return PrefetchedStreamLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers,
+                                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
         if max_samples is not None and max_samples < len(ds):  # a seeded, fixed subset
             keep = np.random.default_rng(self.seed).choice(len(ds), size=max_samples, replace=False)
             ds = Subset(ds, np.sort(keep).tolist())

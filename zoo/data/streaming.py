@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
 from zoo.data.samples import LAYOUTS, sample_from_window
@@ -171,3 +172,36 @@ class StreamingSamples(IterableDataset):
                 sample = sample_from_window(window, positions >= n_pad, positions >= n_pad, self.byte_lut)
             state["samples"] += 1
             yield sample
+
+
+class PrefetchedStreamLoader(StatefulDataLoader):
+    """A ``StatefulDataLoader`` whose state leaves out the one batch Lightning holds ahead.
+
+    Lightning's training loop fetches one batch in advance from a loader without a length
+    (to know when the epoch ends), so when it checkpoints after step ``k`` the loader has
+    already produced batch ``k + 1``. Saving the loader's own state would skip that batch on
+    resume; this loader returns the state from before the batch it produced last (or, once the
+    stream is exhausted, its final state, since then no batch is held).
+    """
+
+    _held_state: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = super().__iter__()
+        self._held_state = None
+
+        def batches() -> Iterator[Any]:
+            while True:
+                before = super(PrefetchedStreamLoader, self).state_dict()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    self._held_state = None
+                    return
+                self._held_state = before
+                yield batch
+
+        return batches()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._held_state if self._held_state is not None else super().state_dict()

@@ -37,7 +37,7 @@ class FilesSource(Source):
     runs of parquet row groups of about 64 MB of text.
     """
 
-    OPTIONS = {"paths": None, "txt_split": "file", "text_column": "text", "min_chars": 1}
+    OPTIONS = {"paths": None, "txt_split": "file", "text_column": "text", "min_chars": 1, "unit_bytes": UNIT_BYTES}
     TXT_SPLITS = ("file", "paragraph")
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
@@ -55,6 +55,7 @@ class FilesSource(Source):
             raise unknown(f"txt_split for source '{name}'", str(self.txt_split), self.TXT_SPLITS)
         self.text_column = check_string(name, options, "text_column")
         self.min_chars = check_count(name, options, "min_chars", minimum=1)
+        self.unit_bytes = check_count(name, options, "unit_bytes", minimum=1)
 
     def units(self) -> list[Unit]:
         units: list[Unit] = []
@@ -64,10 +65,10 @@ class FilesSource(Source):
                 pieces = [(path.name, path.stat().st_size, ("txt", str(path)))]
             elif kind == ".jsonl":
                 pieces = [(f"{path.name} bytes {a}-{b}", b - a, ("jsonl", str(path), a, b))
-                          for a, b in jsonl_ranges(path, UNIT_BYTES)]
+                          for a, b in jsonl_ranges(path, self.unit_bytes)]
             else:
                 pieces = [(f"{path.name} row groups {a}-{b - 1}", size, ("parquet", str(path), a, b))
-                          for a, b, size, _ in parquet_units(path, self.text_column, UNIT_BYTES)]
+                          for a, b, size, _ in parquet_units(path, self.text_column, self.unit_bytes)]
             units += [Unit(len(units) + k, d, s, loc) for k, (d, s, loc) in enumerate(pieces)]
         return units
 

@@ -105,6 +105,7 @@ class HubSource(Source):
         "max_documents": None,
         "data_files": None,
         "min_chars": 1,
+        "unit_bytes": UNIT_BYTES,
     }
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
@@ -115,6 +116,7 @@ class HubSource(Source):
         self.text_column = check_string(name, options, "text_column")
         self.max_documents = check_count(name, options, "max_documents", minimum=1, optional=True)
         self.min_chars = check_count(name, options, "min_chars", minimum=1)
+        self.unit_bytes = check_count(name, options, "unit_bytes", minimum=1)
         self.data_files: list[Path] | None = None
         if options["data_files"] is not None:
             patterns = check_string_list(name, options, "data_files")
@@ -189,7 +191,7 @@ class HubSource(Source):
             if left is not None and left <= 0:
                 break
             before = 0
-            for a, b, size, rows in parquet_units(path, self.text_column, UNIT_BYTES, max_rows=left):
+            for a, b, size, rows in parquet_units(path, self.text_column, self.unit_bytes, max_rows=left):
                 n, before = rows - before, rows
                 cap = left if left is not None and n > left else None
                 units.append(Unit(len(units), f"{path.name} row groups {a}-{b - 1}", size, ("parquet", str(path), a, b, cap)))
