@@ -19,8 +19,8 @@ from zoo.data.tokenizer import EOT, PAD
 from zoo.entropy.data import EntropyDataModule
 from zoo.entropy.estimate import (
     chain_rule_estimates,
-    estimates_path,
     estimate_split,
+    estimates_path,
     naive_estimates,
     prefix_batch,
     sequence_nll,
@@ -122,12 +122,12 @@ def val_nll_bits(task: LanguageModelTask, dm) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def causal_curve(markov_dm):
-    """A tiny Llama trained on the chain; val NLL recorded after 0, 30, 100 and 250 steps."""
+    """A tiny Llama trained on the chain; val NLL recorded after 0, 30, 100 and 400 steps."""
     L.seed_everything(0)
     task = LanguageModelTask(LLAMA, vocab_size=markov_dm.vocab_size, n_ctx=N_CTX,
                              optim={"lr": 1e-2, "warmup_steps": 10, "schedule": "constant"})
     curve, done = [], 0
-    for steps in (0, 30, 100, 250):
+    for steps in (0, 30, 100, 400):
         if steps > done:
             fit(task, markov_dm, steps - done)
             done = steps
@@ -152,7 +152,8 @@ def test_causal_lm_cross_entropy_approaches_the_entropy_rate_from_above(causal_c
     assert ces[0] > H + 3  # a random init: ~log2(258) = 8 bits
     # (3) ...to within 0.06 bits of the exact entropy (the oracle's mean: same tokens) and of the
     # rate itself: the excess of a tiny model after 400 steps is a KL of a few hundredths of a
-    # bit (measured 0.01-0.03); the rate differs from the sample's oracle mean by the first two
+    # bit (measured 0.01-0.03 on an AVX-512 Xeon, 0.041 on a 2-core AVX2 EPYC: 0.069 after 250
+    # steps, 0.025 after 600); the rate differs from the sample's oracle mean by the first two
     # letters of each document (higher entropy, 2/24 of the tokens: ~+0.04 bits) and by sampling
     # (3 SE ~ 0.03 bits), hence the wider 0.12 for the rate.
     assert 0 <= diff.mean() < 0.06, diff.mean()

@@ -125,6 +125,7 @@ def test_killed_preparation_resumes_to_a_byte_identical_cache(corpus, tokenizer_
     assert snapshot(tmp_path) == reference
 
 
+@pytest.mark.slow
 def test_killed_parallel_preparation_resumes(corpus, tokenizer_file, reference, tmp_path) -> None:
     env = {**os.environ, "ZOO_CACHE": str(tmp_path)}
     proc = subprocess.Popen(prepare_cmd(corpus, tokenizer_file, "num_proc=2"), env=env,

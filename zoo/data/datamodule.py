@@ -27,7 +27,12 @@ from zoo.data import cache, prepare
 from zoo.data.samples import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
 from zoo.data.sampling import EvalShardSampler, GlobalBatchSampler, dist_info
 from zoo.data.sources import SPLITS, Source, build_source
-from zoo.data.streaming import HeldOutSlice, PrefetchedStreamLoader, StreamingSamples, training_documents
+from zoo.data.streaming import (
+    HeldOutSlice,
+    PrefetchedStreamLoader,
+    StreamingSamples,
+    training_documents,
+)
 from zoo.data.tokenizer import (
     EOT,
     PAD,
@@ -156,7 +161,7 @@ class TextDataModule(L.LightningDataModule):
         save_tokenizer(tok, path)
         return tok
 
-    def _training_texts(self):
+    def _training_texts(self) -> Iterator[str]:
         """Training documents of every source, round-robin (what the tokenizer samples)."""
         if self.streaming:
             return _round_robin([training_documents(s, self.heldout_documents) for s in self.sources])
@@ -214,7 +219,7 @@ class TextDataModule(L.LightningDataModule):
                 ds = ConcatDataset(parts)
             else:
                 ds = parts[0]
-            if len(ds) == 0:  # type: ignore[arg-type]
+            if len(ds) == 0:
                 raise ZooError(
                     f"the {split} split has no samples of {self.n_ctx + 1} tokens; "
                     "use more data or a smaller data.n_ctx"

@@ -103,8 +103,10 @@ def _run(jobs: _UnitJobs, num_proc: int):
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
+        # units are handed out round-robin, a few ahead, so a worker rarely waits for another's
+        # result to be delivered in order
         loader = DataLoader(jobs, batch_size=None, shuffle=False, num_workers=min(num_proc, len(jobs)),
-                            collate_fn=_as_is, prefetch_factor=1)
+                            collate_fn=_as_is, prefetch_factor=4)
         yield from loader
     finally:
         if saved is None:

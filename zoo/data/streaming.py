@@ -53,8 +53,8 @@ class HeldOutSlice(Source):
     def _split(self, text: str) -> str:
         return "test" if split_of(text, 0.0, 0.5, self.split_salt) == "test" else "val"
 
-    def units(self) -> list[Unit]:
-        return [Unit(0, f"first {self.n:,} documents of {self.inner.name}")]
+    def units(self) -> list[Unit]:  # size: a guess of 4 KB a document (for time estimates)
+        return [Unit(0, f"first {self.n:,} documents of {self.inner.name}", 4096 * self.n)]
 
     def _all_documents(self) -> Iterator[str]:
         return itertools.islice(self.inner._all_documents(), self.n)

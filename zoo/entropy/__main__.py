@@ -84,7 +84,9 @@ def estimate(args: dict[str, Any], group: str | None) -> list[dict[str, Any]]:
     tok = dm.tokenizer
     pad, eot = tok.convert_tokens_to_ids(PAD), tok.convert_tokens_to_ids(EOT)
     summaries = []
-    for source in dm.sources:
+    if dm.streaming and split == "train":
+        raise ZooError("data.streaming=true: the training stream is not cached; estimate split=val or split=test")
+    for source in dm.eval_sources:
         path = dm.split_path(source, split)
         ident = {"checkpoint": str(Path(checkpoint).resolve()), "vocab_size": len(tok), "pad_id": pad, "eot_id": eot}
         summaries.append(estimate_split(

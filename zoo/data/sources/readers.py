@@ -204,23 +204,27 @@ def read_parquet(
 
 
 def parquet_units(path: Path, column: str, target: int, max_rows: int | None = None) -> list[tuple[int, int, int, int]]:
-    """Cut a parquet file into runs of row groups of about ``target`` bytes of ``column``.
+    """Cut a parquet file into runs of row groups of at most ``target`` bytes of ``column``
+    (a single larger row group is a run of its own).
 
-    Returns ``(first_group, end_group, bytes, rows)`` per run, read from the file's footer
-    only; with ``max_rows``, the runs cover just the first ``max_rows`` rows.
+    Returns ``(first_group, end_group, bytes, rows_so_far)`` per run, read from the file's
+    footer only; with ``max_rows``, the runs cover just the first ``max_rows`` rows.
     """
     meta = _open_parquet(path, column).metadata
     j = meta.schema.names.index(column) if column in meta.schema.names else 0
     runs, first, size, rows = [], 0, 0, 0
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
-        size += group.column(j).total_uncompressed_size
+        group_size = group.column(j).total_uncompressed_size
+        if size and size + group_size > target:  # close the run before it outgrows the target
+            runs.append((first, g, size, rows))
+            first, size = g, 0
+        size += group_size
         rows += group.num_rows
-        if size >= target or g == meta.num_row_groups - 1 or (max_rows is not None and rows >= max_rows):
-            runs.append((first, g + 1, size, rows))
-            first, size = g + 1, 0
-            if max_rows is not None and rows >= max_rows:
-                break
+        if max_rows is not None and rows >= max_rows:
+            break
+    if size:
+        runs.append((first, g + 1, size, rows))
     return runs
 
 
