@@ -15,9 +15,9 @@ import torch
 from zoo.config import compose
 from zoo.errors import ZooError
 from zoo.models import build_model
-from zoo.models.adapters import add_lora, is_adapted, load_adapter, load_base_state, merge_adapter
+from zoo.models.adapters import add_lora, is_adapted, load_base_state, merge_adapter
 from zoo.models.mixer import MaskedMixerLM
-from zoo.pretrained import load_pretrained, model_state, read_checkpoint
+from zoo.pretrained import load_adapter, load_pretrained, model_state, read_checkpoint
 from zoo.training import train
 
 #: the tiny sizes of the base and of the adapter run (they must agree)

@@ -43,13 +43,13 @@ from zoo.models.adapters import (
     is_adapted,
     load_base_state,
     merge_adapter,
-    save_adapter,
 )
 from zoo.models.moe import parameter_counts
 from zoo.pretrained import (
     load_pretrained,
     model_state,
     read_checkpoint,
+    save_adapter,
     save_pretrained,
     tokenizer_from_checkpoint,
 )

@@ -15,9 +15,9 @@ wrapping happens inside ``build_model``, everything that rebuilds a model from i
   A list of names (``[q_proj, v_proj]``) matches module names by suffix, as in peft.
 * :func:`load_base_state` loads a base model's weights (a plain state dict) into the
   adapted model (``init_from=`` does this).
-* :func:`save_adapter` writes the adapter alone (peft's ``adapter_model.safetensors`` +
+* :func:`zoo.pretrained.save_adapter` writes the adapter alone (peft's ``adapter_model.safetensors`` +
   ``adapter_config.json``, plus ``zoo_adapter.yaml`` naming the base and its SHA-256, and
-  ``sha256.json``); :func:`load_adapter` puts it back onto the base (checking that it is the
+  ``sha256.json``); :func:`zoo.pretrained.load_adapter` puts it back onto the base (checking that it is the
   same base) and optionally merges it; :func:`merge_adapter` folds the branches into the
   base weights and returns the plain family module (saved as an ordinary model folder).
 """
@@ -25,11 +25,9 @@ wrapping happens inside ``build_model``, everything that rebuilds a model from i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 #: the keys of a ``model.adapter`` config section, with their defaults
@@ -149,64 +147,3 @@ def merge_adapter(model: nn.Module) -> nn.Module:
 def base_model_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The ``model:`` section without its ``adapter``: what builds the (merged) base."""
     return {k: v for k, v in dict(model_cfg).items() if k != "adapter"}
-
-
-def save_adapter(model: nn.Module, folder: str | Path, spec: Mapping[str, Any], base: str | None = None) -> Path:
-    """Write the adapter alone to ``folder`` (a few hundred kB, not the base's weights).
-
-    ``spec`` is the base's ``config.yaml`` content (``model`` without ``adapter``,
-    ``vocab_size``, ``n_ctx``); ``base`` the model folder it was trained on, recorded with
-    the SHA-256 of its weights so :func:`load_adapter` can refuse another base.
-    """
-    from zoo.pretrained import sha256, write_checksums
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    (out / "README.md").unlink(missing_ok=True)  # peft's generic model card
-    meta: dict[str, Any] = {"base": None, "base_sha256": None, **dict(spec)}
-    if base:
-        base_path = Path(base).expanduser().resolve()
-        weights = base_path / "model.safetensors" if base_path.is_dir() else base_path
-        meta["base"] = str(base_path)
-        meta["base_sha256"] = sha256(weights) if weights.is_file() else None
-    (out / ADAPTER_META).write_text(yaml.safe_dump(meta, sort_keys=False))
-    write_checksums(out)
-    return out
-
-
-def load_adapter(folder: str | Path, base: str | Path | None = None, merge: bool = False):
-    """Load a saved adapter onto its base: ``(model in eval mode, tokenizer, base spec)``.
-
-    ``base`` is the base model folder (default: the one recorded at training time); it must
-    hold the very weights the adapter was trained on (checked by SHA-256). With ``merge``
-    the adapter is folded into the weights and the plain family module is returned.
-
-    Raises:
-        ZooError: for a folder that is not an adapter, a changed file, or another base.
-    """
-    from peft import PeftModel
-
-    from zoo.errors import ZooError
-    from zoo.pretrained import load_pretrained, sha256, verify_checksums
-
-    folder = Path(folder).expanduser()
-    meta_path = folder / ADAPTER_META
-    if not meta_path.is_file() or not (folder / "adapter_model.safetensors").is_file():
-        raise ZooError(f"{folder} is not a zoo adapter folder: missing {ADAPTER_META} or adapter_model.safetensors")
-    verify_checksums(folder)
-    meta = yaml.safe_load(meta_path.read_text())
-    base_path = Path(base).expanduser() if base is not None else (Path(meta["base"]) if meta.get("base") else None)
-    if base_path is None or not base_path.is_dir():
-        raise ZooError(f"adapter {folder}: base model folder not found ({base_path}); pass base=PATH")
-    expected = meta.get("base_sha256")
-    if expected and sha256(base_path / "model.safetensors") != expected:
-        raise ZooError(
-            f"adapter {folder} was trained on other base weights than {base_path} "
-            f"(sha256 {expected[:16]}... expected); pass the base it was trained on"
-        )
-    model, tokenizer, spec = load_pretrained(base_path)
-    adapted = PeftModel.from_pretrained(model, str(folder))
-    if merge:
-        return adapted.merge_and_unload().eval(), tokenizer, spec
-    return adapted.eval(), tokenizer, spec
