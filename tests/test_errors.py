@@ -1,6 +1,6 @@
 """Bad input gets a clear error (what was wrong, what is allowed) and never runs foreign code.
 
-Each row of BAD_INPUT is one line of the README's error table: the command-line arguments
+Each row of BAD_INPUT is one line of the error table in docs/reliability.md: the command-line arguments
 and a fragment of the message the user must see.
 """
 
