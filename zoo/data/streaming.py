@@ -57,7 +57,7 @@ class HeldOutSlice(Source):
         return [Unit(0, f"first {self.n:,} documents of {self.inner.name}", 4096 * self.n)]
 
     def _all_documents(self) -> Iterator[str]:
-        return itertools.islice(self.inner._all_documents(), self.n)
+        return itertools.islice(self.inner.stream(), self.n)
 
     def _content_key(self) -> dict[str, Any]:
         return {"of": self.inner.fingerprint()}
@@ -65,7 +65,7 @@ class HeldOutSlice(Source):
 
 def training_documents(source: Source, heldout: int) -> Iterator[str]:
     """The documents of ``source`` after its held-out slice, in stream order."""
-    return itertools.islice(source._all_documents(), heldout, None)
+    return itertools.islice(source.stream(), heldout, None)
 
 
 class StreamingSamples(IterableDataset):

@@ -168,6 +168,10 @@ class Source(abc.ABC):
             return iter(self._splits()[split][index::count])
         return self._stream_split(split, index, count)
 
+    def stream(self) -> Iterator[str]:
+        """Every cleaned document in order, before splitting (what streaming mode reads)."""
+        return self._all_documents()
+
     def units(self) -> list[Unit]:
         """The pieces of input, in order (one unit, the whole corpus, unless a kind cuts it)."""
         return [Unit(0, self.name)]
