@@ -14,10 +14,10 @@ import torch
 
 from zoo.config import compose
 from zoo.errors import ZooError
+from zoo.hub.folder import load_adapter, load_pretrained, model_state, read_checkpoint
 from zoo.models import build_model
 from zoo.models.adapters import add_lora, is_adapted, load_base_state, merge_adapter
 from zoo.models.mixer import MaskedMixerLM
-from zoo.pretrained import load_adapter, load_pretrained, model_state, read_checkpoint
 from zoo.training import train
 
 #: the tiny sizes of the base and of the adapter run (they must agree)
@@ -133,7 +133,7 @@ def test_adapter_refuses_another_base(adapter_run, tmp_path) -> None:
     base_dir = tmp_path / "copy"
     import shutil
 
-    from zoo.pretrained import save_pretrained
+    from zoo.hub.folder import save_pretrained
 
     model, tokenizer, spec = load_pretrained(load_adapter_base(out))
     shutil.copytree(load_adapter_base(out), base_dir)

@@ -1,20 +1,17 @@
-"""Every published checkpoint: manifest checksums, card, reproduced val BPB, README table,
-and the Lightning round trip (fine-tuning from a published name)."""
+"""Every published checkpoint: manifest checksums, card, reproduced val BPB, and the Lightning
+round trip (fine-tuning from a published name); the publish pipeline on a tiny model. (The zoo
+table in docs/zoo.md and README.md: tests/test_zoo_table.py.)"""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import pytest
 import torch
 
 import zoo
-from zoo.publish import CARD, README_END, README_START, read_card, zoo_table
-from zoo.registry import checkpoints_dir, read_manifest, verify_manifest
+from zoo.hub.card import CARD, read_card, zoo_page, zoo_page_path
+from zoo.hub.manifest import checkpoints_dir, read_manifest, verify_manifest
 
 PUBLISHED = zoo.list_models(pretrained=True)
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_manifest_lists_exactly_the_published_folders() -> None:
@@ -54,15 +51,6 @@ def test_checkpoint_reproduces_its_card_bpb(name, cache_dir) -> None:
     assert abs(row["bpb"] - check["bpb"]) <= check["tolerance"], (row["bpb"], check["bpb"])
 
 
-def test_readme_table_is_generated_from_the_cards() -> None:
-    text = (ROOT / "README.md").read_text()
-    assert README_START in text and README_END in text
-    section = text[text.index(README_START) + len(README_START): text.index(README_END)]
-    assert section.strip() == zoo_table().strip(), "run: python -m zoo.publish readme"
-    for name in PUBLISHED:
-        assert re.search(rf"\[`{re.escape(name)}`\]", section)
-
-
 @pytest.mark.parametrize("name", [n for n in PUBLISHED if n == "llama-edu"])
 def test_fine_tune_from_a_published_name(name, cache_dir, tmp_path) -> None:
     """The Lightning round trip: python -m zoo.fit recipe=quickstart init_from=llama-edu."""
@@ -82,13 +70,13 @@ def test_fine_tune_from_a_published_name(name, cache_dir, tmp_path) -> None:
 
 def test_publish_pipeline_on_a_tiny_model(edu_dm, cache_dir, tmp_path, monkeypatch) -> None:
     """python -m zoo.publish end to end on a tiny random mixer (eval on edu only, to stay fast):
-    bf16 decision, card with the rebuilt command, manifest, README table, recard."""
+    bf16 decision, card with the rebuilt command, manifest, the zoo page, recard."""
     from omegaconf import OmegaConf
 
     from zoo.config import compose
+    from zoo.hub.folder import save_pretrained
+    from zoo.hub.publish import publish, recard, update_zoo_page
     from zoo.models import build_model
-    from zoo.pretrained import save_pretrained
-    from zoo.publish import publish, recard, update_readme
 
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "checkpoints"))
     cfg = compose("mixer_clm", ["model.d_model=16", "model.n_layers=1", "data.n_ctx=64",
@@ -98,7 +86,7 @@ def test_publish_pipeline_on_a_tiny_model(edu_dm, cache_dir, tmp_path, monkeypat
     model = build_model(run["model"], edu_dm.vocab_size, 64)
     src = save_pretrained(model, edu_dm.tokenizer, {"model": run["model"], "vocab_size": edu_dm.vocab_size,
                                                     "n_ctx": 64, "layout": "packed", "run": run}, tmp_path / "run" / "model")
-    card = publish("tiny-edu", run=str(src), eval_data=["edu"], check_batches=1, readme=False, log=lambda *_: None)
+    card = publish("tiny-edu", run=str(src), eval_data=["edu"], check_batches=1, table=False, log=lambda *_: None)
     words = card["command"].split()  # rebuilt from the run's config (no .hydra here), checked by composing it
     assert words[:4] == ["python", "-m", "zoo.fit", "recipe=mixer_clm"]
     assert {"model.d_model=16", "model.n_layers=1", "data.n_ctx=64", "data.tokenizer.vocab_size=512"} <= set(words)
@@ -109,11 +97,13 @@ def test_publish_pipeline_on_a_tiny_model(edu_dm, cache_dir, tmp_path, monkeypat
     folder = tmp_path / "checkpoints" / "tiny-edu"
     assert read_card(folder)["check"]["max_batches"] == 1
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{README_START}\nold\n{README_END}\nrest\n")
-    update_readme(readme)
-    text = readme.read_text()
-    assert "[`tiny-edu`]" in text and "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
-    recard("tiny-edu", readme=False, log=lambda *_: None)
+    readme.write_text("a README that publishing must not rewrite\n")
+    logged: list[str] = []
+    page = update_zoo_page(log=logged.append)  # docs/zoo.md beside the checkpoints folder
+    assert page == zoo_page_path() == tmp_path / "docs" / "zoo.md" and page.read_text() == zoo_page()
+    assert "[`tiny-edu`](../checkpoints/tiny-edu/card.md)" in page.read_text()
+    assert readme.read_text() == "a README that publishing must not rewrite\n"
+    recard("tiny-edu", table=False, log=lambda *_: None)
     verify_manifest("tiny-edu")
     model2, _ = zoo.load("tiny-edu")
     assert torch.allclose(model2.embed.weight, model.embed.weight.to(torch.bfloat16).float()

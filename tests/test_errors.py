@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from zoo.errors import ZooError
-from zoo.pretrained import load_pretrained, read_checkpoint
+from zoo.hub.folder import load_pretrained, read_checkpoint
 
 # (what the user did wrong, extra zoo.fit arguments, expected fragment of the message)
 BAD_INPUT = [
@@ -85,8 +85,8 @@ def test_truncated_and_foreign_checkpoints(tmp_path) -> None:
 
 def test_corrupted_byte_in_a_saved_model_is_caught_by_its_checksum(tmp_path) -> None:
     from zoo.data.tokenizer import train_bpe
+    from zoo.hub.folder import save_pretrained
     from zoo.models import build_model
-    from zoo.pretrained import save_pretrained
 
     tok = train_bpe(["some text for a tokenizer"] * 20, vocab_size=300)
     spec = {"model": {"family": "llama", "d_model": 16, "n_layers": 1, "n_heads": 2}, "vocab_size": len(tok), "n_ctx": 16}
@@ -102,9 +102,9 @@ def test_corrupted_byte_in_a_saved_model_is_caught_by_its_checksum(tmp_path) -> 
 
 def test_init_from_a_checkpoint_of_another_family(tmp_path) -> None:
     from zoo.data.tokenizer import train_bpe
+    from zoo.hub.folder import save_pretrained
     from zoo.lit.language_model import LanguageModelTask
     from zoo.models import build_model
-    from zoo.pretrained import save_pretrained
     from zoo.training import init_weights_from
 
     tok = train_bpe(["some text for a tokenizer"] * 20, vocab_size=300)

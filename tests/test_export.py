@@ -11,8 +11,8 @@ import torch
 
 import zoo
 from zoo.errors import ZooError
-from zoo.export import export
 from zoo.generate import generate, generate_ids, main, sample_loop
+from zoo.hub.export import export
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,75 @@ def test_export_refuses_a_model_the_stock_architecture_cannot_hold(tok, tmp_path
     with pytest.raises(ZooError, match="does not reproduce the model"):
         export(moe, tmp_path / "moe", tokenizer=tok)
     assert not (tmp_path / "moe").exists()
+
+
+def _tiny_llama_folder(tok, folder):
+    """A tiny random Llama saved as a zoo model folder (zoo.create_model + save_pretrained)."""
+    from zoo.hub.folder import save_pretrained
+
+    cfg = {**zoo.model_info("llama_tiny").model, "d_model": 32, "n_layers": 1}
+    torch.manual_seed(0)
+    model = zoo.create_model("llama_tiny", vocab_size=len(tok), n_ctx=32, d_model=32, n_layers=1)
+    return save_pretrained(model, tok, {"model": cfg, "vocab_size": len(tok), "n_ctx": 32}, folder), model
+
+
+def test_export_of_a_model_folder_writes_through_a_temporary_folder(tok, tmp_path, capsys) -> None:
+    """The command on a folder: the export lands at out= and nothing else is left beside it."""
+    from transformers import AutoModelForCausalLM
+
+    from zoo.export import main as export_main
+
+    src, model = _tiny_llama_folder(tok, tmp_path / "src")
+    export_main([str(src), f"out={tmp_path / 'hf'}"])
+    assert f"wrote {tmp_path / 'hf'}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "src"]  # no staging folder left behind
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        assert torch.allclose(AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()(ids).logits,
+                              model.eval()(ids), atol=1e-5, rtol=0)
+
+
+def test_export_refuses_a_non_empty_out_and_leaves_it_alone(tok, tmp_path, capsys) -> None:
+    from zoo.export import main as export_main
+
+    src, _ = _tiny_llama_folder(tok, tmp_path / "src")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "sentinel.txt").write_text("not the export's")
+    with pytest.raises(ZooError, match="exists and is not empty; pass overwrite=true"):
+        export(src, out)
+    with pytest.raises(SystemExit) as e:
+        export_main([str(src), f"out={out}"])
+    assert e.value.code == 2 and "error: out=" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["sentinel.txt"] and (out / "sentinel.txt").read_text() == "not the export's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "src"]
+    export(src, out, overwrite=True)  # asked for: replaced by the export
+    assert (out / "config.json").is_file() and not (out / "sentinel.txt").exists()
+
+
+def test_a_failed_export_leaves_the_existing_out_as_it_was(tok, tmp_path) -> None:
+    """The read-back check fails (an MoE Llama): an empty out= stays, and nothing is left beside it."""
+    if "llama_moe_tiny" not in zoo.list_models():
+        pytest.skip("no MoE model config")
+    moe = zoo.create_model("llama_moe_tiny", vocab_size=len(tok), n_ctx=32, d_model=32, n_layers=1)
+    out = tmp_path / "empty"
+    out.mkdir()
+    with pytest.raises(ZooError, match="does not reproduce the model"):
+        export(moe, out, tokenizer=tok)
+    assert out.is_dir() and not any(out.iterdir()) and [p.name for p in tmp_path.iterdir()] == ["empty"]
+
+
+def test_export_refuses_the_published_checkpoints_and_the_source_folder(tok, tmp_path, monkeypatch) -> None:
+    root = tmp_path / "checkpoints"
+    monkeypatch.setenv("ZOO_CHECKPOINTS", str(root))
+    src, model = _tiny_llama_folder(tok, root / "tiny-llama")
+    before = sorted(p.name for p in src.iterdir())
+    for out in (root / "tiny-llama", root / "tiny-llama" / "hf", root / "other", root, tmp_path):
+        with pytest.raises(ZooError, match="inside \\(or holds\\) the published checkpoints"):
+            export(model, out, tokenizer=tok)
+    other, _ = _tiny_llama_folder(tok, tmp_path / "elsewhere" / "src")
+    for out in (other, other / "hf", other.parent):
+        with pytest.raises(ZooError, match="overlaps the model folder it exports"):
+            export(other, out, overwrite=True)
+    assert sorted(p.name for p in src.iterdir()) == before
+    assert sorted(p.name for p in other.iterdir()) == before and not (other / "hf").exists()

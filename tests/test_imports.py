@@ -60,7 +60,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_import_graph_finds_edges() -> None:
     graph = import_graph()
     assert "zoo.data.sources.base" in graph["zoo.data.sources.files"]
-    assert "zoo.models" in graph["zoo.pretrained"]
+    assert "zoo.models" in graph["zoo.hub.folder"]
+    assert "zoo.hub.checksums" in graph["zoo.hub.manifest"]
 
 
 def test_no_import_cycles() -> None:

@@ -313,7 +313,7 @@ def test_fit_moe_recipes_20_steps(recipe, tmp_path, cache_dir, caplog) -> None:
     n = parameter_counts(build_model(dict(tiny_moe(recipe).model), 300, 32))
     assert f"{n['total']:,} parameters ({n['total']:,} trainable, {n['active']:,} active per token)" in line
     # the exported folder reloads as the same MoE model
-    from zoo.pretrained import load_pretrained
+    from zoo.hub.folder import load_pretrained
 
     model, _, _ = load_pretrained(tmp_path / "run" / "model")
     assert len(moe_layers(model)) == 2

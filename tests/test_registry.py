@@ -9,7 +9,9 @@ import torch
 
 import zoo
 from zoo.errors import ZooError
-from zoo.registry import count_parameters, list_models, model_info, verify_manifest
+from zoo.hub.manifest import verify_manifest
+from zoo.hub.registry import list_models, model_info
+from zoo.models import count_parameters
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -63,7 +65,7 @@ def test_unknown_names_get_one_line_with_a_suggestion() -> None:
 
 
 def test_models_table_lists_every_name() -> None:
-    from zoo.models.__main__ import table
+    from zoo.hub.listing import table
 
     out = table()
     for name in list_models():
@@ -74,8 +76,9 @@ def test_models_table_lists_every_name() -> None:
 def _publish_tiny(root, name="tiny-edu"):
     """A hand-made published folder + manifest entry in ``root`` (no training)."""
     from zoo.data.tokenizer import train_bpe
+    from zoo.hub.checksums import sha256
+    from zoo.hub.folder import save_pretrained
     from zoo.models import build_model
-    from zoo.pretrained import save_pretrained, sha256
 
     tok = train_bpe(["a few words of text for a tokenizer, again and again"] * 20, vocab_size=300)
     cfg = {"family": "mixer", "d_model": 16, "n_layers": 1}

@@ -1,6 +1,6 @@
 """zoo: a Lightning model zoo for language models that measure and approach the entropy of text.
 
-The registry is importable from the top level (loaded on first use, so ``import zoo`` stays light)::
+The registry (:mod:`zoo.hub.registry`) is importable from the top level (loaded on first use, so ``import zoo`` stays light)::
 
     import zoo
     zoo.list_models()                          # model configs and published checkpoints
@@ -14,13 +14,18 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_REGISTRY_EXPORTS = ("list_models", "create_model", "load", "model_info", "checkpoints_dir")
-__all__ = ["__version__", *_REGISTRY_EXPORTS]
+_REGISTRY_EXPORTS = ("list_models", "create_model", "load", "model_info")  # zoo.hub.registry
+_MANIFEST_EXPORTS = ("checkpoints_dir",)  # zoo.hub.manifest
+__all__ = ["__version__", *_REGISTRY_EXPORTS, *_MANIFEST_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
     if name in _REGISTRY_EXPORTS:
-        from zoo import registry
+        from zoo.hub import registry
 
         return getattr(registry, name)
+    if name in _MANIFEST_EXPORTS:
+        from zoo.hub import manifest
+
+        return getattr(manifest, name)
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")

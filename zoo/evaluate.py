@@ -38,8 +38,8 @@ from zoo.data.datamodule import TextDataModule
 from zoo.data.sources import SPLITS
 from zoo.data.tokenizer import save_tokenizer, tokenizer_fingerprint
 from zoo.errors import ZooError, unknown
+from zoo.hub.folder import load_pretrained, read_checkpoint, tokenizer_from_checkpoint
 from zoo.lit.language_model import LanguageModelTask
-from zoo.pretrained import load_pretrained, read_checkpoint, tokenizer_from_checkpoint
 from zoo.quantize import (
     modes_table,
     parse_modes,

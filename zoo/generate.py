@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__doc__)
         return
     try:
-        from zoo.registry import load
+        from zoo.hub.registry import load
 
         name, rest = argv[0], argv[1:]
         if "=" in name:

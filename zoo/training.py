@@ -35,6 +35,14 @@ from zoo.compression import compressed_bits_per_byte
 from zoo.data.datamodule import TextDataModule
 from zoo.data.tokenizer import tokenizer_fingerprint
 from zoo.errors import ZooError, did_you_mean
+from zoo.hub.folder import (
+    load_pretrained,
+    model_state,
+    read_checkpoint,
+    save_adapter,
+    save_pretrained,
+    tokenizer_from_checkpoint,
+)
 from zoo.lit.language_model import LanguageModelTask
 from zoo.loggers import build_logger
 from zoo.models import build_model
@@ -45,14 +53,6 @@ from zoo.models.adapters import (
     merge_adapter,
 )
 from zoo.models.moe import parameter_counts
-from zoo.pretrained import (
-    load_pretrained,
-    model_state,
-    read_checkpoint,
-    save_adapter,
-    save_pretrained,
-    tokenizer_from_checkpoint,
-)
 
 log = logging.getLogger("zoo.fit")
 
@@ -123,7 +123,7 @@ def init_weights_from(task: LanguageModelTask, source: str, tokenizer: Any) -> N
     """
     path = Path(source).expanduser()
     if not path.exists():  # a published name (checkpoints/NAME), e.g. init_from=llama-edu
-        from zoo.registry import list_models, resolve
+        from zoo.hub.registry import list_models, resolve
 
         folder = resolve(source)
         if folder is None:

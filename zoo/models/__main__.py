@@ -10,53 +10,14 @@ from __future__ import annotations
 import sys
 
 
-def table(pattern: str = "*") -> str:
-    from zoo.registry import DEFAULT_VOCAB_SIZE, architecture_parameters, list_models, registry
-
-    reg = registry()
-    names = list_models(pattern)
-    rows = [("name", "kind", "family", "parameters", "training data", "val BPB edu", "val BPB math", "file size")]
-    for pretrained in (True, False):
-        for name in names:
-            info = reg[name]
-            if info.pretrained != pretrained:
-                continue
-            m = info.metrics
-            params = info.parameters or architecture_parameters(info)
-            size = info.file_bytes
-
-            def bpb(data: str, m=m) -> str:
-                v = m.get(f"{data}_val_bpb")
-                if v is None:
-                    return "-"
-                free = m.get(f"{data}_val_bpb_free_vector")
-                return f"{v:.4f}" + (f" ({free:.4f})" if free is not None else "")
-
-            rows.append((
-                name, "pretrained" if pretrained else "config", info.family, f"{params:,}",
-                info.data or "-", bpb("edu"), bpb("math"), f"{size / 1e6:.1f} MB" if size else "-",
-            ))
-    if len(rows) == 1:
-        return f"no registered model matches {pattern!r}"
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i in (0, 1, 2, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    notes = [
-        "",
-        "pretrained: zoo.load(NAME) -> (model, tokenizer); config: zoo.create_model(NAME, vocab_size=..., n_ctx=...) "
-        f"(parameters at vocab {DEFAULT_VOCAB_SIZE:,}, n_ctx 256).",
-        "EACD BPB includes the encoder vector's cost; in parentheses without it. Cards: checkpoints/NAME/card.md",
-    ]
-    return "\n".join(lines + notes)
-
-
 def main(argv: list[str] | None = None) -> None:
+    """Print the table (the work is :func:`zoo.hub.listing.table`)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return
     from zoo.errors import ZooError
+    from zoo.hub.listing import table
 
     try:
         print(table(argv[0] if argv else "*"))

@@ -15,9 +15,9 @@ wrapping happens inside ``build_model``, everything that rebuilds a model from i
   A list of names (``[q_proj, v_proj]``) matches module names by suffix, as in peft.
 * :func:`load_base_state` loads a base model's weights (a plain state dict) into the
   adapted model (``init_from=`` does this).
-* :func:`zoo.pretrained.save_adapter` writes the adapter alone (peft's ``adapter_model.safetensors`` +
+* :func:`zoo.hub.folder.save_adapter` writes the adapter alone (peft's ``adapter_model.safetensors`` +
   ``adapter_config.json``, plus ``zoo_adapter.yaml`` naming the base and its SHA-256, and
-  ``sha256.json``); :func:`zoo.pretrained.load_adapter` puts it back onto the base (checking that it is the
+  ``sha256.json``); :func:`zoo.hub.folder.load_adapter` puts it back onto the base (checking that it is the
   same base) and optionally merges it; :func:`merge_adapter` folds the branches into the
   base weights and returns the plain family module (saved as an ordinary model folder).
 """

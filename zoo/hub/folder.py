@@ -1,14 +1,15 @@
-"""Saving and loading trained models as plain folders: no pickle, nothing executes on load.
+"""A model folder on disk: plain files, no pickle, nothing executes on load.
 
 A folder holds ``model.safetensors`` (the ``nn.Module``'s weights), ``config.yaml`` (what
 builds the module: family, sizes, vocabulary, context, plus the run's full config),
-``tokenizer.json`` and, when known, ``metrics.json``. Lightning ``.ckpt`` files (for
-resuming) are read with ``torch.load(weights_only=True)`` only.
+``tokenizer.json``, ``sha256.json`` (:mod:`zoo.hub.checksums`) and, when known,
+``metrics.json``. Lightning ``.ckpt`` files (for resuming) are read with
+``torch.load(weights_only=True)`` only. A LoRA adapter folder holds the adapter alone, tied
+to its base by the sha256 of the base's weights.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,45 +23,12 @@ from transformers import PreTrainedTokenizerFast
 
 from zoo.data.tokenizer import load_tokenizer, save_tokenizer, wrap
 from zoo.errors import ZooError
+from zoo.hub.checksums import sha256, verify_checksums, write_checksums
 from zoo.models import build_model
 from zoo.models.adapters import ADAPTER_META
 
+#: the files every model folder has
 FILES = ("model.safetensors", "config.yaml", "tokenizer.json")
-CHECKSUMS = "sha256.json"
-
-
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_checksums(folder: str | Path) -> dict[str, str]:
-    """Write ``sha256.json`` listing the SHA-256 of every other file in ``folder``."""
-    folder = Path(folder)
-    sums = {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
-    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
-    return sums
-
-
-def verify_checksums(folder: str | Path) -> None:
-    """Raise a :class:`ZooError` naming any file whose SHA-256 differs from ``sha256.json``."""
-    folder = Path(folder)
-    listed = folder / CHECKSUMS
-    if not listed.is_file():
-        raise ZooError(f"{folder} has no {CHECKSUMS}; cannot verify its files")
-    for name, expected in json.loads(listed.read_text()).items():
-        path = folder / name
-        if not path.is_file():
-            raise ZooError(f"{path} is listed in {CHECKSUMS} but missing")
-        if sha256(path) != expected:
-            raise ZooError(
-                f"checksum mismatch for {path}: the file is corrupt or was changed "
-                f"(expected sha256 {expected[:16]}...); download or export it again"
-            )
 
 
 def save_pretrained(

@@ -7,7 +7,8 @@ Two kinds of names:
 * **published checkpoints** (``checkpoints/NAME/``: ``llama-edu``, ``mixer-edu``, ...):
   trained weights with their tokenizer, card and measured metrics; :func:`load` (or
   ``create_model(name, pretrained=True)``) returns them, checked against
-  ``checkpoints/manifest.json`` and the folder's ``sha256.json``.
+  ``checkpoints/manifest.json`` and the folder's ``sha256.json`` (:mod:`zoo.hub.manifest`,
+  :mod:`zoo.hub.checksums`).
 
 >>> import zoo
 >>> zoo.list_models("*edu")                     # doctest: +SKIP
@@ -21,7 +22,6 @@ Loading never runs code from the files (safetensors + YAML + tokenizer JSON only
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +31,14 @@ import yaml
 from torch import nn
 
 from zoo.errors import ZooError, did_you_mean
-from zoo.models import build_model
-from zoo.pretrained import load_pretrained, sha256
+from zoo.hub.folder import load_pretrained
+from zoo.hub.manifest import checkpoints_dir, read_manifest, verify_manifest
+from zoo.models import build_model, count_parameters
 
 #: vocabulary and context a model config is built with when the caller gives none (the
 #: recipes' defaults: the paper's 8k BPE, 256-token windows)
 DEFAULT_VOCAB_SIZE = 8192
 DEFAULT_N_CTX = 256
-MANIFEST = "manifest.json"
-
-
-def checkpoints_dir() -> Path:
-    """Where published models live: ``$ZOO_CHECKPOINTS``, else ``checkpoints/`` beside ``zoo``."""
-    env = os.environ.get("ZOO_CHECKPOINTS")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 def _model_configs_dir() -> Path | None:
@@ -91,19 +85,6 @@ def _first_comment(path: Path) -> str:
         if line.strip():
             break
     return ""
-
-
-def read_manifest(root: Path | None = None) -> dict[str, Any]:
-    """``checkpoints/manifest.json`` as a dict (``{"models": {}}`` when there is none)."""
-    path = (root or checkpoints_dir()) / MANIFEST
-    if not path.is_file():
-        return {"format": 1, "models": {}}
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ZooError(f"{path} is not valid JSON ({e}); restore it from git") from e
-    manifest.setdefault("models", {})
-    return manifest
 
 
 def data_description(run: dict[str, Any] | None) -> str:
@@ -234,29 +215,6 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
     return build_model(_merge(info.model, overrides), vocab_size, n_ctx)
 
 
-def verify_manifest(name: str) -> None:
-    """Check ``checkpoints/NAME`` against its manifest entry: every listed file present with its
-    sha256, and no unlisted file."""
-    root = checkpoints_dir()
-    entry = read_manifest(root)["models"].get(name)
-    if entry is None:
-        raise ZooError(f"{name} is not in {root / MANIFEST}; publish it with python -m zoo.publish")
-    folder = root / name
-    listed = entry.get("files", {})
-    for fname, expected in listed.items():
-        path = folder / fname
-        if not path.is_file():
-            raise ZooError(f"{path} is listed in {MANIFEST} but missing")
-        if sha256(path) != expected:
-            raise ZooError(
-                f"checksum mismatch for {path} against {MANIFEST}: the file is corrupt or was "
-                "changed since it was published; restore it (git checkout) or publish it again"
-            )
-    extra = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in listed)
-    if extra:
-        raise ZooError(f"{folder} has files not in {MANIFEST}: {', '.join(extra)}")
-
-
 def resolve(name_or_path: str | os.PathLike) -> Path | None:
     """The folder a published name or a model-folder path stands for (``None``: neither)."""
     path = Path(name_or_path).expanduser()
@@ -291,11 +249,6 @@ def load(name_or_path: str | os.PathLike, verify: bool = True) -> tuple[nn.Modul
         path = info.path
     model, tokenizer, _ = load_pretrained(path, verify=verify)
     return model, tokenizer
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def architecture_parameters(info: ModelInfo) -> int:
