@@ -1,6 +1,7 @@
 """zoo: a Lightning model zoo for language models that measure and approach the entropy of text.
 
-The registry (:mod:`zoo.hub.registry`) is importable from the top level (loaded on first use, so ``import zoo`` stays light)::
+The registry (:mod:`zoo.hub.registry`) is importable from the top level (loaded on first
+use, so ``import zoo`` stays light)::
 
     import zoo
     zoo.list_models()                          # model configs and published checkpoints

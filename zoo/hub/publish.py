@@ -46,6 +46,7 @@ from zoo.hub.manifest import (
 from zoo.hub.registry import data_description
 from zoo.models import count_parameters, family_class
 
+#: |BPB(bf16) - BPB(fp32)| up to which precision=auto stores bfloat16 weights
 BF16_TOLERANCE = 0.002
 #: tolerance the tests allow between a card's check BPB and a fresh evaluation (same batches,
 #: same weights; only float summation order can differ between machines and thread counts)
@@ -427,8 +428,6 @@ def verify_all(log: Any = print) -> int:
     return failures
 
 
-
-
 def update_zoo_page(root: Path | None = None, log: Any = print) -> Path:
     """Regenerate ``docs/zoo.md`` from the cards, and say so when the README's static copy of the
     table (which no code rewrites) no longer matches it."""
@@ -437,8 +436,8 @@ def update_zoo_page(root: Path | None = None, log: Any = print) -> Path:
     log(f"  wrote the model-zoo table to {path}")
     readme = path.parent.parent / "README.md"  # beside docs/
     if readme.is_file():
-        copy = readme_table(readme.read_text())
-        if copy is not None and copy != zoo_table(root).strip():
+        static = readme_table(readme.read_text())
+        if static is not None and static != zoo_table(root).strip():
             log(f"  {readme}'s model-zoo table differs from it now: paste the table of {path} between its "
                 "zoo-table markers (tests/test_zoo_table.py checks)")
     return path
