@@ -1,4 +1,4 @@
-"""Entropy-aware vs plain cross-entropy training in the data-limited regime (DESIGN.md §5).
+"""Entropy-aware vs plain cross-entropy training in the data-limited regime.
 
 Trains recipe ``entropy_ce`` (plain CE) and recipe ``entropy_aware`` (``2.5 × |CE_i − H_i|``
 with chain-rule estimates ``H_i``) on the same document budget for the same number of epochs,

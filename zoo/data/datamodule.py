@@ -24,8 +24,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
 from zoo.data import cache, prepare
-from zoo.data.samples import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
-from zoo.data.sampling import EvalShardSampler, GlobalBatchSampler, dist_info
+from zoo.data.layouts import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
+from zoo.data.sharding import EvalShardSampler, GlobalBatchSampler, dist_info
 from zoo.data.sources import SPLITS, Source, build_source
 from zoo.data.streaming import (
     HeldOutSlice,
@@ -66,7 +66,7 @@ class TextDataModule(L.LightningDataModule):
         sources: source specs, each ``{"name": ..., "weight": w, **options}`` (see
             :func:`zoo.data.sources.list_sources`). Weights mix the training split only;
             validation and test use every document of every source.
-        layout: ``"packed"`` or ``"left_padded"`` (see :mod:`zoo.data.samples`).
+        layout: ``"packed"`` or ``"left_padded"`` (see :mod:`zoo.data.layouts`).
         n_ctx: tokens per sample the model reads.
         batch_size: training samples per step and device; ``eval_batch_size`` for val/test.
         tokenizer: ``{"path": file-or-folder}`` to use an existing tokenizer, or
