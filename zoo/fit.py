@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from zoo.config import (
+from zoo.recipes import (
     GROUPS,
     check_types,
     compose,

@@ -1,4 +1,4 @@
-"""Recipes: Hydra configs in the top-level ``recipes/`` folder.
+"""Recipes: the Hydra configs in the top-level ``recipes/`` folder.
 
 ``recipes/NAME.yaml`` is one recipe (a primary config). It composes the shared groups in
 ``recipes/base``, ``recipes/trainer``, ``recipes/data``, ``recipes/model`` and
