@@ -2,7 +2,7 @@
 
 ``recipes/NAME.yaml`` is one recipe (a primary config). It composes the shared groups in
 ``recipes/base``, ``recipes/trainer``, ``recipes/data``, ``recipes/model`` and
-``recipes/logger`` and overrides any key. This module finds the folder, lists what is in
+``recipes/logger`` (and ``recipes/scale``, the CPU size several recipes share) and overrides any key. This module finds the folder, lists what is in
 it, and composes a recipe with command-line overrides: unknown names (recipes, group options,
 keys) are refused before Hydra runs, with a message that lists what exists, and the composed
 config is validated against :mod:`zoo.schema`.
@@ -22,7 +22,7 @@ from zoo import schema
 from zoo.errors import ZooError, did_you_mean, unknown
 
 #: config groups a recipe composes (folders of recipes/), besides ``base``
-GROUPS = ("trainer", "data", "model", "logger")
+GROUPS = ("trainer", "data", "model", "logger", "scale")
 
 
 def recipes_dir() -> Path:
