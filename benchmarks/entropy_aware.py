@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from zoo.config import compose
+from zoo.recipes import compose
 from zoo.entropy.data import EntropyDataModule
 from zoo.entropy.weights import WeightEntropy
 from zoo.lit.language_model import LanguageModelTask

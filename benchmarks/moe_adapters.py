@@ -93,7 +93,7 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from zoo.config import compose
+    from zoo.recipes import compose
     from zoo.models import build_model
     from zoo.models.base import auxiliary_loss
 

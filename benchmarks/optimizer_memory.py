@@ -15,7 +15,7 @@ import argparse
 import torch
 import yaml
 
-from zoo.config import recipes_dir
+from zoo.recipes import recipes_dir
 from zoo.lit.language_model import optimizer_class
 from zoo.models import build_model, count_parameters
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.config import compose
+from zoo.recipes import compose
 from zoo.errors import ZooError
 from zoo.models import build_model
 from zoo.models.adapters import add_lora, is_adapted, load_base_state, merge_adapter

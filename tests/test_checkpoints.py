@@ -66,7 +66,7 @@ def test_readme_table_is_generated_from_the_cards() -> None:
 @pytest.mark.parametrize("name", [n for n in PUBLISHED if n == "llama-edu"])
 def test_fine_tune_from_a_published_name(name, cache_dir, tmp_path) -> None:
     """The Lightning round trip: python -m zoo.fit recipe=quickstart init_from=llama-edu."""
-    from zoo.config import compose
+    from zoo.recipes import compose
     from zoo.training import train
 
     cfg = compose("quickstart", [
@@ -85,7 +85,7 @@ def test_publish_pipeline_on_a_tiny_model(edu_dm, cache_dir, tmp_path, monkeypat
     bf16 decision, card with the rebuilt command, manifest, README table, recard."""
     from omegaconf import OmegaConf
 
-    from zoo.config import compose
+    from zoo.recipes import compose
     from zoo.models import build_model
     from zoo.pretrained import save_pretrained
     from zoo.publish import publish, recard, update_readme

@@ -13,7 +13,7 @@ from hub_schemas import fineweb_edu_table
 from omegaconf import OmegaConf
 
 from zoo.cli import data_options
-from zoo.config import compose, list_group, recipes_dir
+from zoo.recipes import compose, list_group, recipes_dir
 from zoo.data.sources import build_source, source_options
 
 ROOT = Path(__file__).resolve().parent.parent

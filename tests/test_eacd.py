@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.config import compose
+from zoo.recipes import compose
 from zoo.data.datamodule import TextDataModule
 from zoo.errors import ZooError
 from zoo.lit.language_model import LanguageModelTask

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from hub_schemas import finemath_table
 
-from zoo.config import compose, list_recipes
+from zoo.recipes import compose, list_recipes
 from zoo.errors import ZooError
 from zoo.evaluate import evaluate
 from zoo.training import train

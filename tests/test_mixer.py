@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.config import compose
+from zoo.recipes import compose
 from zoo.errors import ZooError
 from zoo.models import build_model
 from zoo.models.blocks import FeedForward, MaskedTokenMixer, MixerBlock, MixerStack

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from zoo.config import compose
+from zoo.recipes import compose
 from zoo.errors import ZooError
 from zoo.metrics.router import (
     ExpertLoad,

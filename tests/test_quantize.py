@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from zoo.config import compose
+from zoo.recipes import compose
 from zoo.errors import ZooError
 from zoo.evaluate import evaluate_quantized
 from zoo.lit.language_model import LanguageModelTask

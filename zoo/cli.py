@@ -113,7 +113,7 @@ def data_options(group: str | None, overrides: Mapping[str, Any] | None = None) 
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from zoo.config import list_group, recipes_dir
+    from zoo.recipes import list_group, recipes_dir
 
     data: dict[str, Any] = {}
     if group is not None:

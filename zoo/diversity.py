@@ -128,7 +128,7 @@ def corpus_texts(name: str, split: str) -> list[str]:
     """Documents of a data group (recipes/data/NAME.yaml, all its sources) or a source name."""
     import yaml
 
-    from zoo.config import list_group, recipes_dir
+    from zoo.recipes import list_group, recipes_dir
     from zoo.data.sources import build_source, list_sources
 
     if name in list_group("data"):

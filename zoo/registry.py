@@ -48,7 +48,7 @@ def checkpoints_dir() -> Path:
 
 
 def _model_configs_dir() -> Path | None:
-    from zoo.config import recipes_dir
+    from zoo.recipes import recipes_dir
 
     try:
         path = recipes_dir() / "model"

@@ -1,7 +1,7 @@
 """One training run: data, model, logger, checkpoints, Trainer, final report and export.
 
 :func:`train` is what ``python -m zoo.fit`` runs once Hydra has composed the recipe; tests
-and notebooks call it directly with a config from :func:`zoo.config.compose`.
+and notebooks call it directly with a config from :func:`zoo.recipes.compose`.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def data_config(args: dict[str, Any], argv: Sequence[str]) -> tuple[dict[str, An
     from omegaconf import OmegaConf
 
     from zoo.cli import data_options
-    from zoo.config import compose, recipes_dir
+    from zoo.recipes import compose, recipes_dir
 
     data_args = [a for a in argv if a.startswith("data")]
     if args.get("recipe"):
