@@ -1,4 +1,4 @@
-"""Entropy-aware vs plain cross-entropy training in the data-limited regime (DESIGN.md §5).
+"""Entropy-aware vs plain cross-entropy training in the data-limited regime.
 
 Trains recipe ``entropy_ce`` (plain CE) and recipe ``entropy_aware`` (``2.5 × |CE_i − H_i|``
 with chain-rule estimates ``H_i``) on the same document budget for the same number of epochs,
@@ -29,11 +29,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from zoo.config import compose
 from zoo.entropy.data import EntropyDataModule
 from zoo.entropy.weights import WeightEntropy
 from zoo.lit.language_model import LanguageModelTask
 from zoo.metrics import token_stats
+from zoo.recipes import compose
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -93,9 +93,9 @@ def part_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from zoo.config import compose
     from zoo.models import build_model
-    from zoo.models.moe import auxiliary_loss
+    from zoo.models.base import auxiliary_loss
+    from zoo.recipes import compose
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -15,9 +15,9 @@ import argparse
 import torch
 import yaml
 
-from zoo.config import recipes_dir
 from zoo.lit.language_model import optimizer_class
-from zoo.models import build_model
+from zoo.models import build_model, count_parameters
+from zoo.recipes import recipes_dir
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
@@ -42,7 +42,7 @@ def run(model_name: str, optimizer: str, steps: int, vocab: int, n_ctx: int, bat
         loss.backward()
         opt.step()
         opt.zero_grad()
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_parameters(model)
     return n_params, state_bytes(opt), loss.item()
 
 

@@ -93,54 +93,6 @@ def model_config(family: str, d: int) -> dict[str, Any]:
     raise ValueError(f"unknown family {family!r}; available: {', '.join(FAMILIES)}")
 
 
-# ----------------------------------------------------------------------------- FLOPs
-def matmul_weights(module) -> int:
-    """``N_mm``: weights of the ``nn.Linear`` s one token passes through (MoE: router + k experts)."""
-    from torch import nn
-
-    from zoo.models.moe import MoEFeedForward
-
-    total, inside_moe = 0, set()
-    for m in module.modules():
-        if isinstance(m, MoEFeedForward):
-            expert = sum(x.weight.numel() for x in m.experts[0].modules() if isinstance(x, nn.Linear))
-            total += m.router.weight.numel() + m.k * expert
-            inside_moe.update(id(x) for x in m.modules())
-    for m in module.modules():
-        if isinstance(m, nn.Linear) and id(m) not in inside_moe:
-            total += m.weight.numel()
-    return total
-
-
-def mixing_flops(module, positions: int) -> int:
-    """Forward FLOPs per position of the token-mixing layers: attention 4·T·d, masked mixer 2·T·d."""
-    from transformers.models.llama.modeling_llama import LlamaAttention
-
-    from zoo.models.blocks import MaskedTokenMixer
-
-    flops = 0
-    for m in module.modules():
-        if isinstance(m, LlamaAttention):
-            flops += 4 * positions * m.config.num_attention_heads * m.head_dim
-        elif isinstance(m, MaskedTokenMixer):
-            flops += 2 * positions * m.d
-    return flops
-
-
-def train_flops_per_token(model, n_ctx: int) -> float:
-    """Training FLOPs per input token: 3 x (2 N_mm + mixing), per family (module docstring)."""
-    from zoo.models.eacd import EncoderAugmentedDecoder
-
-    if isinstance(model, EncoderAugmentedDecoder):
-        p_dec = n_ctx + 1 if model.injection == "token" else n_ctx
-        fwd = 2 * matmul_weights(model.encoder) + mixing_flops(model.encoder, n_ctx)
-        fwd += p_dec / n_ctx * (2 * matmul_weights(model.decoder) + mixing_flops(model.decoder, p_dec))
-        fwd += 2 * matmul_weights(model.head)
-        fwd += 2 * (matmul_weights(model.down) + (matmul_weights(model.up) if hasattr(model, "up") else 0)) / n_ctx
-        return 3.0 * fwd
-    return 3.0 * (2 * matmul_weights(model) + mixing_flops(model, n_ctx))
-
-
 # ----------------------------------------------------------------------------- timing helpers
 def sync(device) -> None:
     import torch
@@ -235,7 +187,8 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
     from zoo.data.datamodule import TextDataModule
     from zoo.lit.language_model import LanguageModelTask, optimizer_class
     from zoo.metrics import IGNORE_INDEX
-    from zoo.models.moe import auxiliary_loss
+    from zoo.models.base import auxiliary_loss, count_parameters
+    from zoo.models.flops import train_flops_per_token
 
     device = torch.device(args.device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
@@ -249,7 +202,7 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
     optim = {"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"}
     task = LanguageModelTask(model=model_config(family, d), vocab_size=dm.vocab_size, n_ctx=args.n_ctx, optim=optim)
     model = task.model.to(device)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_parameters(model)
     flops_formula = train_flops_per_token(model, args.n_ctx)
     tokens_per_step = args.batch_size * args.n_ctx
     if device.type == "cuda":
@@ -263,13 +216,11 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
         (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
     opt = optimizer_class("adamw")([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                    lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
-    needs_targets = getattr(model, "needs_targets", False)
     train_batches = forever(dm.train_dataloader())
 
     def plain_step(batch) -> torch.Tensor:
-        ids, labels = batch["input_ids"], batch["labels"]
-        mask = batch.get("attention_mask")
-        logits = model(ids, attention_mask=mask, targets=labels) if needs_targets else model(ids, attention_mask=mask)
+        labels = batch["labels"]
+        logits = model.forward_batch(batch)
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         aux = auxiliary_loss(model)
         if aux is not None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.config import compose
 from zoo.errors import ZooError
 from zoo.hub.folder import load_adapter, load_pretrained, model_state, read_checkpoint
 from zoo.models import build_model
 from zoo.models.adapters import add_lora, is_adapted, load_base_state, merge_adapter
 from zoo.models.mixer import MaskedMixerLM
+from zoo.recipes import compose
 from zoo.training import train
 
 #: the tiny sizes of the base and of the adapter run (they must agree)

@@ -54,7 +54,7 @@ def test_checkpoint_reproduces_its_card_bpb(name, cache_dir) -> None:
 @pytest.mark.parametrize("name", [n for n in PUBLISHED if n == "llama-edu"])
 def test_fine_tune_from_a_published_name(name, cache_dir, tmp_path) -> None:
     """The Lightning round trip: python -m zoo.fit recipe=quickstart init_from=llama-edu."""
-    from zoo.config import compose
+    from zoo.recipes import compose
     from zoo.training import train
 
     cfg = compose("quickstart", [
@@ -73,10 +73,10 @@ def test_publish_pipeline_on_a_tiny_model(edu_dm, cache_dir, tmp_path, monkeypat
     bf16 decision, card with the rebuilt command, manifest, the zoo page, recard."""
     from omegaconf import OmegaConf
 
-    from zoo.config import compose
     from zoo.hub.folder import save_pretrained
     from zoo.hub.publish import publish, recard, update_zoo_page
     from zoo.models import build_model
+    from zoo.recipes import compose
 
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "checkpoints"))
     cfg = compose("mixer_clm", ["model.d_model=16", "model.n_layers=1", "data.n_ctx=64",

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from zoo.data import cache, prepare
 from zoo.data.datamodule import TextDataModule
-from zoo.data.samples import LeftPaddedDataset, PackedDataset
+from zoo.data.layouts import LeftPaddedDataset, PackedDataset
 from zoo.data.tokenizer import (
     EOT,
     PAD,

@@ -13,8 +13,8 @@ from hub_schemas import fineweb_edu_table
 from omegaconf import OmegaConf
 
 from zoo.cli import data_options
-from zoo.config import compose, list_group, recipes_dir
 from zoo.data.sources import build_source, source_options
+from zoo.recipes import compose, list_group, recipes_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH_KEYS = {"paths", "data_files"}

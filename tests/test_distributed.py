@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.data.sampling import EvalShardSampler, GlobalBatchSampler
+from zoo.data.sharding import EvalShardSampler, GlobalBatchSampler
 from zoo.evaluate import evaluate, load_task
 
 TINY = [

@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.config import compose
 from zoo.data.datamodule import TextDataModule
 from zoo.errors import ZooError
 from zoo.lit.language_model import LanguageModelTask
 from zoo.models import build_model
 from zoo.models.blocks import LlamaStack
 from zoo.models.eacd import INJECTIONS, EncoderAugmentedDecoder
+from zoo.recipes import compose
 from zoo.training import train
 
 VOCAB, N_CTX, PAD = 97, 16, 1
@@ -38,7 +38,7 @@ def eacd(enc: str, dec: str, injection: str, **kw) -> EncoderAugmentedDecoder:
 
 
 def left_padded(doc: torch.Tensor, n_ctx: int) -> dict[str, torch.Tensor]:
-    """The left_padded sample layout of zoo.data.samples (doc[0] plays end-of-text)."""
+    """The left_padded sample layout of zoo.data.layouts (doc[0] plays end-of-text)."""
     n_pad = n_ctx + 1 - len(doc)
     window = torch.cat([torch.full((n_pad,), PAD), doc])
     valid = torch.arange(n_ctx) >= n_pad
@@ -147,7 +147,7 @@ def test_every_parameter_gets_a_gradient(kind, injection) -> None:
 
 def test_sizes_side_bits_and_errors() -> None:
     model = eacd("mixer", "llama", "embedding", compression=8, vector_bits=4)
-    assert model.d_c == 4 and model.side_bits_per_sequence == 16.0 and model.needs_targets
+    assert model.d_c == 4 and model.side_bits_per_sequence == 16.0 and not model.can_generate
     assert model.head.in_features == 32 + 4  # decoder width d_dec + d_c
     token = eacd("mixer", "mixer", "token")
     assert token.decoder.n_ctx == N_CTX + 1

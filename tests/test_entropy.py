@@ -28,7 +28,8 @@ from zoo.entropy.estimate import (
 )
 from zoo.errors import ZooError
 from zoo.lit.language_model import LanguageModelTask
-from zoo.metrics.entropy import EntropyGap, entropy_aware_loss, loss_options
+from zoo.metrics.entropy_gap import EntropyGap
+from zoo.objectives import entropy_aware_loss, loss_options
 
 LN2 = math.log(2)
 N_CTX = 24

@@ -73,7 +73,7 @@ def test_entropy_recipes_end_to_end(tmp_path, cache_dir, capsys) -> None:
             "data.tokenizer.train_bytes=200000", "trainer.max_steps=4", "trainer.val_check_interval=2",
             "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false", "optim.warmup_steps=2",
             "logger=none", "report.splits=[val]", "report.compressors=[]"]
-    from zoo.config import compose
+    from zoo.recipes import compose
 
     eacd = train(compose("entropy_eacd", size), tmp_path / "eacd")
     out = tmp_path / "estimates"

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from hub_schemas import finemath_table
 
-from zoo.config import compose, list_recipes
 from zoo.errors import ZooError
 from zoo.evaluate import evaluate
+from zoo.recipes import compose, list_recipes
 from zoo.training import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -190,11 +190,11 @@ def test_extra_bits_per_sequence() -> None:
         256.0 * 6 / total_bytes, rel=1e-9
     )
 
-    metrics = language_metrics(extra_bits_per_sequence=256.0, with_entropy=False)
-    assert set(metrics.keys()) == {"bpb", "bpb_with_side_info", "ce", "ppl"}
+    metrics = language_metrics(side_bits_per_sequence=256.0, with_entropy=False)
+    assert set(metrics.keys()) == {"bpb", "bpb_free_vector", "ce", "ppl"}
     update_all(metrics, stats, n_sequences=3)
     values = metrics.compute()
-    assert values["bpb_with_side_info"] - values["bpb"] == pytest.approx(
+    assert values["bpb"] - values["bpb_free_vector"] == pytest.approx(
         256.0 * 3 / (total_bytes / 2), rel=1e-9
     )
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.config import compose
 from zoo.errors import ZooError
 from zoo.hub.folder import load_pretrained
 from zoo.models import build_model
 from zoo.models.blocks import FeedForward, MaskedTokenMixer, MixerBlock, MixerStack
 from zoo.models.mixer import MaskedMixerLM
+from zoo.recipes import compose
 from zoo.training import train
 
 VOCAB, N_CTX = 97, 16

@@ -15,7 +15,6 @@ import pytest
 import torch
 from torch import nn
 
-from zoo.config import compose
 from zoo.errors import ZooError
 from zoo.metrics.router import (
     ExpertLoad,
@@ -24,11 +23,13 @@ from zoo.metrics.router import (
     router_values,
     update_router_metrics,
 )
-from zoo.models import build_model
+from zoo.models import build_model, parameter_counts
+from zoo.models.base import auxiliary_loss
 from zoo.models.blocks import FeedForward
 from zoo.models.llama import CausalTransformer
 from zoo.models.mixer import MaskedMixerLM
-from zoo.models.moe import MoEFeedForward, auxiliary_loss, moe_layers, parameter_counts
+from zoo.models.moe import MoEFeedForward, moe_layers
+from zoo.recipes import compose
 from zoo.training import train
 
 D = 16
@@ -342,3 +343,37 @@ def test_moe_trains_under_ddp_with_idle_experts(tmp_path, cache_dir) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "moe_clm").iterdir()
     assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def _router(row: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if k.startswith("router_")}
+
+
+def test_evaluate_reports_the_router_metrics_of_the_model_it_loads(tmp_path, cache_dir) -> None:
+    """``zoo.evaluate`` loads the weights into a fresh task after building it; its router
+    metrics must be those of the loaded model's layers (the fit's final report on the same
+    split), not of the layers the task was first built with."""
+    from zoo.evaluate import evaluate
+
+    report = train(tiny_moe("moe_clm"), tmp_path / "run")
+    fit_router = _router(report["splits"]["val"])
+    assert len(fit_router) == 2 * (4 + 2) + 2  # per layer: 4 loads, 2 entropies; balance, max load
+    for source in (tmp_path / "run" / "model", report["best_checkpoint"]):
+        row = evaluate(source, split="val", compressors=())
+        assert _router(row) == pytest.approx(fit_router, abs=1e-6), source
+        assert row["bpb"] == pytest.approx(report["splits"]["val"]["bpb"], rel=1e-6)
+
+
+def test_published_moe_router_metrics_match_its_training_report() -> None:
+    """The published moe-edu, evaluated on its val split, gives the router metrics its run's
+    final report recorded (its weights are stored in bfloat16, hence the tolerance)."""
+    import json
+
+    import zoo
+    from zoo.evaluate import evaluate
+
+    folder = zoo.checkpoints_dir() / "moe-edu"
+    recorded = _router(json.loads((folder / "metrics.json").read_text())["train_report"]["splits"]["val"])
+    row = evaluate(folder, split="val", compressors=())
+    assert set(_router(row)) == set(recorded)
+    assert _router(row) == pytest.approx(recorded, abs=0.01)

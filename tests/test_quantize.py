@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 
-from zoo.config import compose
 from zoo.errors import ZooError
 from zoo.evaluate import evaluate_quantized
 from zoo.lit.language_model import LanguageModelTask
@@ -26,6 +25,7 @@ from zoo.quantize import (
     quantize_weights,
     store_vector,
 )
+from zoo.recipes import compose
 from zoo.training import train
 
 LLAMA = {"kind": "llama", "d_model": 32, "n_layers": 1, "n_heads": 2}

@@ -94,7 +94,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path) -> None:
 
 
 def test_non_finite_steps_can_be_skipped(tmp_path, cache_dir) -> None:
-    from zoo.config import compose
+    from zoo.recipes import compose
     from zoo.training import train
 
     cfg = compose("quickstart", [*TINY[1:], "logger=none", "optim.lr=1e30", "optim.warmup_steps=0",

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zoo.errors import ZooError, unknown
+from zoo.schema import NONFINITE_ACTIONS
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ class SaveOnInterrupt(Callback):
                 )
 
 
-NONFINITE_ACTIONS = ("stop", "skip")
 
 
 class NonFiniteLoss(ZooError):

@@ -1,17 +1,81 @@
-"""What the ``python -m zoo.*`` commands share: ``key=value`` arguments and data options.
+"""What the ``python -m zoo.*`` commands share: the skeleton, ``key=value`` arguments, data options.
 
-Every command takes ``key=value`` arguments; :func:`key_values` checks them against the
-command's options (a one-line :class:`~zoo.errors.ZooError` with did-you-mean otherwise), and
+:func:`run_command` is every command's ``main``: ``--help`` prints the command's docstring,
+and a :class:`~zoo.errors.ZooError` (input the user can fix) prints one ``error: ...`` line
+and exits with status 2, never a traceback. Every command takes ``key=value`` arguments;
+:func:`key_values` checks them against the command's options (a one-line error with
+did-you-mean otherwise), :func:`number` reads a numeric one with its range,
+:func:`emit` prints a result as a table or JSON (``json=-``, ``json=PATH``), and
 :func:`data_options` turns ``data=NAME`` (a group from ``recipes/data``) plus ``data.KEY=VALUE``
 overrides into the ``data:`` section a :class:`~zoo.data.datamodule.TextDataModule` takes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from zoo.errors import ZooError, unknown
+
+HELP = ("-h", "--help", "help")
+
+
+def run_command(body: Callable[[list[str]], Any], doc: str | None, argv: Sequence[str] | None = None,
+                *, help_when_empty: bool = True, interrupt_note: str | None = None) -> None:
+    """Run a command's ``body(argv)`` with the shared conventions (module docstring).
+
+    ``help_when_empty``: no arguments prints the help (for commands that need some).
+    ``interrupt_note``: what Ctrl-C leaves behind, printed instead of a traceback (exit 130).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if (help_when_empty and not args) or (args and args[0] in HELP):
+        print(doc or "")
+        return
+    try:
+        body(args)
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if interrupt_note is None:
+            raise
+        print(f"interrupted: {interrupt_note}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def number(args: Mapping[str, Any], key: str, default: Any, kind: type = int,
+           minimum: float | None = None, maximum: float | None = None) -> Any:
+    """``args[key]`` (or ``default``) as ``kind`` (``int`` or ``float``) within
+    [``minimum``, ``maximum``]; a one-line :class:`ZooError` naming the key otherwise."""
+    value = args.get(key, default)
+    if value is None:
+        return None
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            raise ZooError(f"{key} must be {what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        raise ZooError(f"{key} must be {what}, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = (f">= {minimum}" if maximum is None else f"<= {maximum}" if minimum is None
+                  else f"in [{minimum}, {maximum}]")
+        raise ZooError(f"{key} must be {what} {bounds}, got {value!r}")
+    return kind(value)
+
+
+def emit(result: Any, text: str, target: str | None) -> None:
+    """Print ``text`` (or, for ``json=-``, the JSON of ``result``); ``json=PATH`` also writes it."""
+    if target == "-":
+        print(json.dumps(result, indent=1))
+        return
+    print(text)
+    if target:
+        Path(target).write_text(json.dumps(result, indent=1))
 
 
 def key_values(argv: Sequence[str], allowed: Iterable[str], what: str = "option") -> dict[str, str]:
@@ -49,7 +113,7 @@ def data_options(group: str | None, overrides: Mapping[str, Any] | None = None) 
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from zoo.config import list_group, recipes_dir
+    from zoo.recipes import list_group, recipes_dir
 
     data: dict[str, Any] = {}
     if group is not None:

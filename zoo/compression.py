@@ -19,8 +19,8 @@ import lzma
 from collections.abc import Callable, Iterable
 
 from zoo.errors import ZooError, did_you_mean
+from zoo.schema import COMPRESSORS
 
-COMPRESSORS: tuple[str, ...] = ("gzip", "bz2", "xz")
 """Names accepted by :func:`compressed_bits_per_byte`, in the order tables list them."""
 
 

@@ -28,17 +28,14 @@ Options (``key=value``):
 
 from __future__ import annotations
 
-import json
 import random
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from zoo.cli import key_values
+from zoo.cli import emit, key_values, number, run_command
 from zoo.errors import ZooError, unknown
 
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -131,8 +128,8 @@ def corpus_texts(name: str, split: str) -> list[str]:
     """Documents of a data group (recipes/data/NAME.yaml, all its sources) or a source name."""
     import yaml
 
-    from zoo.config import list_group, recipes_dir
     from zoo.data.sources import build_source, list_sources
+    from zoo.recipes import list_group, recipes_dir
 
     if name in list_group("data"):
         spec = yaml.safe_load((recipes_dir() / "data" / f"{name}.yaml").read_text())
@@ -160,41 +157,26 @@ def table(results: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help", "help"):
-        print(__doc__)
-        return
-    try:
-        args = key_values(argv, OPTIONS)
-        names = [n for n in args.get("data", "edu,math").split(",") if n]
-        split = args.get("split", "train")
-        try:
-            words, seed = int(args.get("words", 100_000)), int(args.get("seed", 0))
-        except ValueError:
-            raise ZooError("words= and seed= must be integers") from None
-        if words < 1:
-            raise ZooError(f"words must be positive, got {words}")
-        results = {}
-        for name in names:
-            docs = sample_documents(corpus_texts(name, split), words, seed)
-            if not docs:
-                raise ZooError(f"data '{name}' has no words in its {split} split")
-            results[name] = diversity(docs)
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    out = args.get("json")
-    if out == "-":
-        print(json.dumps(results, indent=1))
-        return
+def _main(argv: list[str]) -> None:
+    args = key_values(argv, OPTIONS)
+    names = [n for n in args.get("data", "edu,math").split(",") if n]
+    split = args.get("split", "train")
+    words, seed = number(args, "words", 100_000, minimum=1), number(args, "seed", 0, minimum=0)
+    results = {}
+    for name in names:
+        docs = sample_documents(corpus_texts(name, split), words, seed)
+        if not docs:
+            raise ZooError(f"data '{name}' has no words in its {split} split")
+        results[name] = diversity(docs)
     short = [n for n, r in results.items() if r["words"] < words]
-    print(f"data diversity, {split} split, {words:,} words per corpus (seed {seed})")
+    lines = [f"data diversity, {split} split, {words:,} words per corpus (seed {seed})"]
     if short:
-        print(f"note: {', '.join(short)} had fewer words than asked; compare TTR/distinct-n with care")
-    print(table(results))
-    if out:
-        Path(out).write_text(json.dumps(results, indent=1))
+        lines.append(f"note: {', '.join(short)} had fewer words than asked; compare TTR/distinct-n with care")
+    emit(results, "\n".join([*lines, table(results)]), args.get("json"))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_command(_main, __doc__, argv, help_when_empty=False)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ Options (all ``key=value``):
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,14 +30,16 @@ import lightning as L
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from zoo.cli import data_options, key_values
+from zoo.cli import data_options, emit, key_values, number, run_command
 from zoo.compression import COMPRESSORS, compressed_bits_per_byte
 from zoo.data.datamodule import TextDataModule
+from zoo.data.layouts import IGNORE_INDEX
 from zoo.data.sources import SPLITS
 from zoo.data.tokenizer import save_tokenizer, tokenizer_fingerprint
 from zoo.errors import ZooError, unknown
 from zoo.hub.folder import load_pretrained, read_checkpoint, tokenizer_from_checkpoint
 from zoo.lit.language_model import LanguageModelTask
+from zoo.metrics import METRIC_LABELS, SIDE_INFO_FREE_BPB
 from zoo.quantize import (
     modes_table,
     parse_modes,
@@ -131,7 +131,7 @@ def evaluate(
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        tokens += int((batch["labels"] != -100).sum())
+        tokens += int((batch["labels"] != IGNORE_INDEX).sum())
         bytes_ += int(batch["target_bytes"].sum())
     row.update(tokens=tokens, bytes=bytes_, bytes_per_token=bytes_ / max(tokens, 1))
     if dm.layout == "left_padded":  # only each document's first n_ctx tokens are scored
@@ -176,8 +176,8 @@ def evaluate_quantized(
             row["vector_bits"] = int(model.side_bits_per_sequence)
         ref = rows[0] if rows else row
         row["delta_bpb"] = row["bpb"] - ref["bpb"]
-        if "bpb_free_vector" in row:
-            row["delta_bpb_free_vector"] = row["bpb_free_vector"] - ref["bpb_free_vector"]
+        if SIDE_INFO_FREE_BPB in row:
+            row[f"delta_{SIDE_INFO_FREE_BPB}"] = row[SIDE_INFO_FREE_BPB] - ref[SIDE_INFO_FREE_BPB]
         rows.append(row)
     for row in rows:
         row.update(checkpoint=str(checkpoint), split=split, sources=[s.name for s in dm.sources])
@@ -186,10 +186,7 @@ def evaluate_quantized(
 
 def format_row(row: Mapping[str, Any]) -> str:
     lines = [f"{row['checkpoint']} on {'+'.join(row['sources'])}/{row['split']}"]
-    for key, label in (("bpb", "bits per byte"), ("bpb_free_vector", "bits per byte, vector for free"),
-                       ("ce", "cross-entropy (nats/token)"), ("ppl", "perplexity"),
-                       ("entropy", "predictive entropy (bits/token)"),
-                       ("entropy_bpb", "predictive entropy (bits/byte)")):
+    for key, label in METRIC_LABELS.items():
         if key in row:
             lines.append(f"  {label:34s} {row[key]:10.4f}")
     lines.append(f"  {'tokens / bytes scored':34s} {row['tokens']:,} / {row['bytes']:,} "
@@ -200,37 +197,27 @@ def format_row(row: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _main(argv: list[str]) -> None:
+    raw = key_values(argv, OPTIONS)  # strings kept as typed
+    group = raw.get("data")
+    args = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in argv if not a.startswith("data=")]))
+    assert isinstance(args, dict)
+    if "checkpoint" not in args:
+        raise ZooError("checkpoint=PATH is required (a .ckpt from zoo.fit or an exported model folder)")
+    data = data_options(group, args.get("data"))  # a recipes/data group, then data.KEY=VALUE
+    common = dict(split=str(args.get("split", "val")), data=data, max_batches=number(args, "max_batches", None, minimum=1))
+    if "quantize" in raw:
+        result: Any = evaluate_quantized(raw["checkpoint"], raw["quantize"],
+                                         accelerator=str(args.get("accelerator", "cpu")), **common)
+        text = f"{raw['checkpoint']} on {'+'.join(result[0]['sources'])}/{result[0]['split']}\n" + modes_table(result)
+    else:
+        result = evaluate(raw["checkpoint"], accelerator=str(args.get("accelerator", "auto")), **common)
+        text = format_row(result)
+    emit(result, text, raw.get("json"))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    try:
-        raw = key_values(argv, OPTIONS)  # strings kept as typed
-        group = raw.get("data")
-        args = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in argv if not a.startswith("data=")]))
-        assert isinstance(args, dict)
-        if "checkpoint" not in args:
-            raise ZooError("checkpoint=PATH is required (a .ckpt from zoo.fit or an exported model folder)")
-        data = data_options(group, args.get("data"))  # a recipes/data group, then data.KEY=VALUE
-        common = dict(split=str(args.get("split", "val")), data=data, max_batches=args.get("max_batches"))
-        if "quantize" in raw:
-            result: Any = evaluate_quantized(raw["checkpoint"], raw["quantize"],
-                                             accelerator=str(args.get("accelerator", "cpu")), **common)
-            text = f"{raw['checkpoint']} on {'+'.join(result[0]['sources'])}/{result[0]['split']}\n" + modes_table(result)
-        else:
-            result = evaluate(raw["checkpoint"], accelerator=str(args.get("accelerator", "auto")), **common)
-            text = format_row(result)
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    out = raw.get("json")
-    if out == "-":
-        print(json.dumps(result, indent=1))
-        return
-    print(text)
-    if out:
-        Path(out).write_text(json.dumps(result, indent=1))
+    run_command(_main, __doc__, argv)
 
 
 if __name__ == "__main__":

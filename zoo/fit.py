@@ -17,16 +17,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from zoo.config import (
+from zoo.errors import ZooError
+from zoo.recipes import (
     GROUPS,
-    check_types,
-    compose,
+    compose_overrides,
     list_group,
     list_recipes,
     recipe_summary,
     recipes_dir,
 )
-from zoo.errors import ZooError
 
 USAGE = """\
 usage: python -m zoo.fit recipe=NAME [key=value ...]
@@ -35,7 +34,7 @@ usage: python -m zoo.fit recipe=NAME [key=value ...]
   key=value          override any config key, e.g. trainer.max_steps=20 optim.lr=3e-4
   GROUP=OPTION       swap a config group, e.g. model=llama_small data=math logger=csv
   resume=auto|PATH   continue the latest run of this recipe (or a given last.ckpt)
-  --cfg job          print the composed config and exit
+  --cfg job          print the composed config (every option, with its value) and exit
   --help             this message
 
 recipes:
@@ -94,10 +93,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         recipe, overrides, flags = parse_argv(argv)
         if recipe is None:
             raise ZooError(f"no recipe given; write recipe=NAME with one of: {', '.join(list_recipes())}")
-        user = [o for o in overrides if not o.startswith("hydra.")]
-        cfg = compose(recipe, user)
-        if user:
-            check_types(compose(recipe, [o for o in user if "=" in o and "." not in o.split("=")[0]]), cfg)
+        hydra_overrides = [o for o in overrides if o.startswith("hydra.")]
+        # every check (names, keys, types, ranges) before any data is read or torch imported
+        cfg, user = compose_overrides(recipe, [o for o in overrides if not o.startswith("hydra.")])
+        overrides = [*user, *hydra_overrides]
         extra = []
         if cfg.get("resume") == "auto" and not any(o.startswith("hydra.run.dir=") for o in overrides):
             prev = latest_run_dir(cfg)

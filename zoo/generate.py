@@ -17,26 +17,28 @@ Options:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from zoo.cli import key_values
+from zoo.cli import key_values, number, run_command
 from zoo.errors import ZooError
+from zoo.models.base import LanguageModel, family_of
 
 OPTIONS = ("prompt", "max_new_tokens", "temperature", "top_k", "seed", "n")
 
 
 def check_generator(model: nn.Module) -> None:
-    """Raise a :class:`ZooError` for models that cannot generate (the EACD)."""
-    if getattr(model, "needs_targets", False):
+    """Raise a :class:`ZooError` for models whose family declares it cannot generate (the
+    EACD, whose encoder reads the text it predicts)."""
+    family = family_of(model)
+    if family is not None and not family.can_generate:
         raise ZooError(
-            f"{type(model).__name__} is an encoder-augmented decoder: its encoder reads the text it "
-            "predicts, so it is an entropy estimator, not a generator; score text with "
-            "python -m zoo.evaluate, or generate with a causal model (llama-edu, mixer-edu)"
+            f"{type(model).__name__} (model family '{family.family}') is not a generator: its family declares "
+            "can_generate=False; score text with python -m zoo.evaluate, or generate with a causal model "
+            "(llama-edu, mixer-edu)"
         )
 
 
@@ -78,7 +80,7 @@ def generate_ids(
     check_generator(model)
     model.eval()
     n_ctx = int(getattr(model, "n_ctx", 0) or len(ids) + max_new_tokens)
-    hf = getattr(model, "hf", None)
+    hf = model.transformers_model() if isinstance(model, LanguageModel) else None
     if hf is not None and hasattr(hf, "generate"):
         if max_new_tokens >= n_ctx:
             raise ZooError(f"max_new_tokens={max_new_tokens} does not fit the model's context of {n_ctx} tokens")
@@ -113,32 +115,25 @@ def generate(
     return prompt + tokenizer.decode(new, skip_special_tokens=True)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    try:
-        from zoo.hub.registry import load
+def _main(argv: list[str]) -> None:
+    from zoo.hub.registry import load
 
-        name, rest = argv[0], argv[1:]
-        if "=" in name:
-            raise ZooError("usage: python -m zoo.generate NAME prompt=TEXT [max_new_tokens=N temperature=T top_k=K seed=S]")
-        args = key_values(rest, OPTIONS)
-        try:
-            max_new = int(args.get("max_new_tokens", 60))
-            temperature = float(args.get("temperature", 0.8))
-            top_k, seed, n = int(args.get("top_k", 50)), int(args.get("seed", 0)), int(args.get("n", 1))
-        except ValueError as e:
-            raise ZooError(f"bad number: {e}") from None
-        model, tokenizer = load(name)
-        check_generator(model)
-        for i in range(n):
-            text = generate(model, tokenizer, args.get("prompt", ""), max_new, temperature, top_k, seed + i)
-            print(text if n == 1 else f"--- sample {i + 1} (seed {seed + i})\n{text}")
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    name, rest = argv[0], argv[1:]
+    if "=" in name:
+        raise ZooError("usage: python -m zoo.generate NAME prompt=TEXT [max_new_tokens=N temperature=T top_k=K seed=S]")
+    args = key_values(rest, OPTIONS)
+    max_new = number(args, "max_new_tokens", 60, minimum=1)
+    temperature = number(args, "temperature", 0.8, float, minimum=0)
+    top_k, seed, n = number(args, "top_k", 50, minimum=0), number(args, "seed", 0, minimum=0), number(args, "n", 1, minimum=1)
+    model, tokenizer = load(name)
+    check_generator(model)
+    for i in range(n):
+        text = generate(model, tokenizer, args.get("prompt", ""), max_new, temperature, top_k, seed + i)
+        print(text if n == 1 else f"--- sample {i + 1} (seed {seed + i})\n{text}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_command(_main, __doc__, argv)
 
 
 if __name__ == "__main__":

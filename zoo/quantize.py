@@ -16,6 +16,9 @@ Two independent axes, combined in an evaluation *mode* such as ``int8+vec:fp8_e4
   follows the format: ``d_c × bits + overhead`` bits per sequence
   (:meth:`VectorFormat.bits_per_vector`; ``int8`` pays 16 bits for its scale).
 
+The vector formats themselves live with the model that uses them
+(:mod:`zoo.models.vector_formats`); this module applies them in evaluation modes.
+
 Modes: ``W`` (weights only), ``vec:V`` (vector only) or ``W+vec:V``.
 """
 
@@ -27,74 +30,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from zoo.errors import ZooError, unknown
-
-
-@dataclass(frozen=True)
-class VectorFormat:
-    """A number format the compressed vector is stored in.
-
-    Attributes:
-        name: the format's name in modes and configs.
-        bits: bits per number.
-        overhead_bits: bits per vector besides the numbers (``int8``'s float16 scale).
-        dtype: the torch dtype a float format rounds through (``None`` for ``int8``).
-    """
-
-    name: str
-    bits: int
-    overhead_bits: int = 0
-    dtype: torch.dtype | None = None
-
-    def bits_per_vector(self, d: int) -> int:
-        """Bits that store one vector of ``d`` numbers in this format."""
-        return d * self.bits + self.overhead_bits
-
-    def round_trip(self, x: Tensor) -> Tensor:
-        """``x`` stored in this format and read back (same dtype and shape as ``x``)."""
-        if self.name == "fp32":
-            return x
-        if self.dtype is not None:  # float formats: saturate, then round to nearest
-            top = torch.finfo(self.dtype).max
-            return x.clamp(-top, top).to(self.dtype).to(x.dtype)
-        # int8: one symmetric absmax scale per vector (last dim), itself stored as float16
-        scale = (x.detach().abs().amax(-1, keepdim=True) / 127).clamp(min=2.0**-14)
-        scale = scale.to(torch.float16).to(x.dtype)
-        return (x / scale).round().clamp(-127, 127) * scale
-
-
-VECTOR_FORMATS: dict[str, VectorFormat] = {
-    f.name: f
-    for f in (
-        VectorFormat("fp32", 32),
-        VectorFormat("bf16", 16, dtype=torch.bfloat16),
-        VectorFormat("fp16", 16, dtype=torch.float16),
-        VectorFormat("fp8_e4m3", 8, dtype=torch.float8_e4m3fn),
-        VectorFormat("fp8_e5m2", 8, dtype=torch.float8_e5m2),
-        VectorFormat("int8", 8, overhead_bits=16),
-    )
-}
+from zoo.metrics import SIDE_INFO_FREE_BPB
+from zoo.models.base import count_parameters
+from zoo.models.vector_formats import VECTOR_FORMATS, get_vector_format
 
 WEIGHT_FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
 BNB_FORMATS = ("int8", "nf4", "fp4")
-
-
-def get_vector_format(name: str) -> VectorFormat:
-    """The :class:`VectorFormat` called ``name`` (a one-line error listing the others)."""
-    if name not in VECTOR_FORMATS:
-        raise unknown("vector format", name, VECTOR_FORMATS)
-    return VECTOR_FORMATS[name]
-
-
-def store_vector(x: Tensor, fmt: VectorFormat) -> Tensor:
-    """``x`` rounded through ``fmt``, with a straight-through gradient (identity backward),
-    so a model can also *train* with its vector in a format."""
-    if fmt.name == "fp32":
-        return x
-    stored = fmt.round_trip(x)
-    return x + (stored - x).detach() if x.requires_grad else stored
 
 
 # ---------------------------------------------------------------------------- modes
@@ -183,7 +127,7 @@ def quantize_weights(model: nn.Module, fmt: str) -> tuple[nn.Module, float]:
     if fmt not in WEIGHT_FORMATS:
         raise unknown("weight format", fmt, WEIGHT_FORMATS)
     model = copy.deepcopy(model).eval()
-    total = sum(p.numel() for p in model.parameters())
+    total = count_parameters(model)
     if fmt == "fp32":
         return model, 0.0
     if fmt in ("bf16", "fp16"):
@@ -225,7 +169,7 @@ def weight_bytes_per_float(fmt: str) -> int:
 def modes_table(rows: Iterable[dict]) -> str:
     """A plain-text table of :func:`zoo.evaluate.evaluate_quantized` rows."""
     rows = list(rows)
-    has_vec = any("bpb_free_vector" in r for r in rows)
+    has_vec = any(SIDE_INFO_FREE_BPB in r for r in rows)
     head = f"{'mode':24s} {'weights':>8s} {'vector':>9s} {'size (bytes)':>13s} {'quantised':>9s} {'bpb':>8s} {'Δ bpb':>8s}"
     if has_vec:
         head += f" {'vector bits':>11s} {'bpb free vec':>12s} {'Δ free':>8s}"
@@ -234,6 +178,6 @@ def modes_table(rows: Iterable[dict]) -> str:
         line = (f"{r['mode']:24s} {r['weights']:>8s} {r['vector'] or '-':>9s} {r['size_bytes']:>13,d} "
                 f"{r['quantized_share']:>9.0%} {r['bpb']:>8.4f} {r['delta_bpb']:>+8.4f}")
         if has_vec:
-            line += f" {r['vector_bits']:>11,d} {r['bpb_free_vector']:>12.4f} {r['delta_bpb_free_vector']:>+8.4f}"
+            line += f" {r['vector_bits']:>11,d} {r[SIDE_INFO_FREE_BPB]:>12.4f} {r['delta_' + SIDE_INFO_FREE_BPB]:>+8.4f}"
         lines.append(line)
     return "\n".join(lines)

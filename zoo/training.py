@@ -1,7 +1,7 @@
 """One training run: data, model, logger, checkpoints, Trainer, final report and export.
 
 :func:`train` is what ``python -m zoo.fit`` runs once Hydra has composed the recipe; tests
-and notebooks call it directly with a config from :func:`zoo.config.compose`.
+and notebooks call it directly with a config from :func:`zoo.recipes.compose`.
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ from zoo.hub.folder import (
 )
 from zoo.lit.language_model import LanguageModelTask
 from zoo.loggers import build_logger
-from zoo.models import build_model
+from zoo.metrics import SIDE_INFO_FREE_BPB
+from zoo.models import build_model, parameter_counts
 from zoo.models.adapters import (
     base_model_config,
     is_adapted,
     load_base_state,
     merge_adapter,
 )
-from zoo.models.moe import parameter_counts
 
 log = logging.getLogger("zoo.fit")
 
@@ -224,7 +224,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer_cfg["strategy"] = build_strategy(trainer_cfg.get("strategy", "auto"), task.model, trainer_cfg)
     trainer = build_trainer(
         trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # the DataModule shards by rank itself (zoo.data.sampling)
+        use_distributed_sampler=False,  # the DataModule shards by rank itself (zoo.data.sharding)
     )
 
     world = trainer.world_size
@@ -305,10 +305,10 @@ def format_report(report: Mapping[str, Any]) -> str:
     if "val" in rows and "xz" in rows["val"]:
         v = rows["val"]
         lines.append(f"\nval BPB {v.get('bpb', float('nan')):.4f}  vs  xz -9 {v['xz']:.4f}")
-        if "bpb_free_vector" in v:
+        if SIDE_INFO_FREE_BPB in v:
             lines.append(
-                f"(BPB includes the encoder vector's cost; without it, as if the vector were free: "
-                f"{v['bpb_free_vector']:.4f})"
+                f"(BPB includes the side information's cost (the encoder's vector); without it: "
+                f"{v[SIDE_INFO_FREE_BPB]:.4f})"
             )
     lines.append(f"run folder: {report.get('run_dir')}")
     return "\n".join(lines)

@@ -23,10 +23,10 @@ option, e.g. data.sources.0.data_files='shards/*.parquet' data.sources.0.max_doc
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
+from zoo.cli import key_values, number, run_command
 from zoo.errors import ZooError
 
 OPTIONS = ("recipe", "data", "num_proc", "node_rank", "num_nodes", "verify", "seed")
@@ -38,7 +38,7 @@ def data_config(args: dict[str, Any], argv: Sequence[str]) -> tuple[dict[str, An
     from omegaconf import OmegaConf
 
     from zoo.cli import data_options
-    from zoo.config import compose, recipes_dir
+    from zoo.recipes import compose, recipes_dir
 
     data_args = [a for a in argv if a.startswith("data")]
     if args.get("recipe"):
@@ -52,78 +52,65 @@ def data_config(args: dict[str, Any], argv: Sequence[str]) -> tuple[dict[str, An
     return data, int(base.get("seed", 1234))
 
 
-def _count(args: dict[str, Any], key: str, default: int, minimum: int) -> int:
-    value = args.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ZooError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
+def _main(argv: list[str]) -> None:
+    command, rest = argv[0], argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if command not in ("prepare", "info"):
+        raise ZooError(f"unknown command '{command}'; available: prepare, info (see --help)")
+    from omegaconf import OmegaConf
+
+    from zoo.data import cache
+    from zoo.data import prepare as prep
+    from zoo.data.datamodule import TextDataModule
+
+    raw = key_values(rest, OPTIONS)
+    parsed = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in rest if not a.startswith("data=")]))
+    assert isinstance(parsed, dict)
+    args: dict[str, Any] = {k: v for k, v in parsed.items() if k != "data"}
+    args["data"] = raw.get("data")
+    args["data_overrides"] = parsed.get("data") if isinstance(parsed.get("data"), dict) else None
+    data, seed = data_config(args, rest)
+    env_rank, env_nodes = prep.node_from_env()
+    num_nodes = number(args, "num_nodes", env_nodes, minimum=1)
+    node_rank = number(args, "node_rank", env_rank, minimum=0)
+    if node_rank >= num_nodes:
+        raise ZooError(f"node_rank must be below num_nodes ({num_nodes}), got {node_rank}")
+    if "num_proc" in args:
+        data["num_proc"] = number(args, "num_proc", 1, minimum=1)
+    dm = TextDataModule(seed=seed, **data)
+    tok = dm.tokenizer
+    sources = dm.eval_sources if dm.streaming else dm.sources
+    if command == "info":
+        for source in sources:
+            folder = cache.source_dir(source, tok, dm.cache_dir)
+            if not cache.is_complete(folder):
+                print(f"{source.name}: not prepared ({folder})")
+                continue
+            print(f"{source.name}: {folder}")
+            for split in ("train", "val", "test"):
+                if (folder / split / "meta.json").is_file() and split not in source.EMPTY_OK:
+                    s = cache.load_split(folder / split, verify=bool(args.get("verify")))
+                    print(f"  {split:5s} {len(s):>10,d} docs {s.n_tokens:>14,d} tokens {s.n_bytes:>15,d} bytes")
+            if args.get("verify"):
+                print("  checksums: ok")
+        return
+    pending = []
+    for source in sources:
+        done = prep.prepare_source(source, tok, dm.cache_dir, num_proc=dm.num_proc, node_rank=node_rank,
+                                   num_nodes=num_nodes)
+        if not done.complete:
+            pending.append(source.name)
+    if pending:
+        print(f"node {node_rank} of {num_nodes}: its share is done; {', '.join(pending)} will be complete "
+              "when every node has finished (the last one writes the index)")
+    else:
+        print("prepared:\n" + dm.describe())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(__doc__)
-        return
-    command, rest = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if command not in ("prepare", "info"):
-            raise ZooError(f"unknown command '{command}'; available: prepare, info (see --help)")
-        from omegaconf import OmegaConf
+    run_command(_main, __doc__, argv,
+                interrupt_note="finished shards are kept; run the same command again to continue")
 
-        from zoo.cli import key_values
-        from zoo.data import cache
-        from zoo.data import prepare as prep
-        from zoo.data.datamodule import TextDataModule
-
-        raw = key_values(rest, OPTIONS)
-        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in rest if not a.startswith("data=")]))
-        assert isinstance(parsed, dict)
-        args: dict[str, Any] = {k: v for k, v in parsed.items() if k != "data"}
-        args["data"] = raw.get("data")
-        args["data_overrides"] = parsed.get("data") if isinstance(parsed.get("data"), dict) else None
-        data, seed = data_config(args, rest)
-        env_rank, env_nodes = prep.node_from_env()
-        num_nodes = _count(args, "num_nodes", env_nodes, 1)
-        node_rank = _count(args, "node_rank", env_rank, 0)
-        if node_rank >= num_nodes:
-            raise ZooError(f"node_rank must be below num_nodes ({num_nodes}), got {node_rank}")
-        if "num_proc" in args:
-            data["num_proc"] = _count(args, "num_proc", 1, 1)
-        dm = TextDataModule(seed=seed, **data)
-        tok = dm.tokenizer
-        sources = dm.eval_sources if dm.streaming else dm.sources
-        if command == "info":
-            for source in sources:
-                folder = cache.source_dir(source, tok, dm.cache_dir)
-                if not cache.is_complete(folder):
-                    print(f"{source.name}: not prepared ({folder})")
-                    continue
-                print(f"{source.name}: {folder}")
-                for split in ("train", "val", "test"):
-                    if (folder / split / "meta.json").is_file() and split not in source.EMPTY_OK:
-                        s = cache.load_split(folder / split, verify=bool(args.get("verify")))
-                        print(f"  {split:5s} {len(s):>10,d} docs {s.n_tokens:>14,d} tokens {s.n_bytes:>15,d} bytes")
-                if args.get("verify"):
-                    print("  checksums: ok")
-            return
-        pending = []
-        for source in sources:
-            done = prep.prepare_source(source, tok, dm.cache_dir, num_proc=dm.num_proc, node_rank=node_rank,
-                                       num_nodes=num_nodes)
-            if not done.complete:
-                pending.append(source.name)
-        if pending:
-            print(f"node {node_rank} of {num_nodes}: its share is done; {', '.join(pending)} will be complete "
-                  "when every node has finished (the last one writes the index)")
-        else:
-            print("prepared:\n" + dm.describe())
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

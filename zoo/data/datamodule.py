@@ -24,8 +24,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
 from zoo.data import cache, prepare
-from zoo.data.samples import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
-from zoo.data.sampling import EvalShardSampler, GlobalBatchSampler, dist_info
+from zoo.data.layouts import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
+from zoo.data.sharding import EvalShardSampler, GlobalBatchSampler, dist_info
 from zoo.data.sources import SPLITS, Source, build_source
 from zoo.data.streaming import (
     HeldOutSlice,
@@ -43,6 +43,7 @@ from zoo.data.tokenizer import (
     train_bpe,
 )
 from zoo.errors import ZooError
+from zoo.schema import DEFAULT_VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata calls a deprecated torch API
@@ -66,7 +67,7 @@ class TextDataModule(L.LightningDataModule):
         sources: source specs, each ``{"name": ..., "weight": w, **options}`` (see
             :func:`zoo.data.sources.list_sources`). Weights mix the training split only;
             validation and test use every document of every source.
-        layout: ``"packed"`` or ``"left_padded"`` (see :mod:`zoo.data.samples`).
+        layout: ``"packed"`` or ``"left_padded"`` (see :mod:`zoo.data.layouts`).
         n_ctx: tokens per sample the model reads.
         batch_size: training samples per step and device; ``eval_batch_size`` for val/test.
         tokenizer: ``{"path": file-or-folder}`` to use an existing tokenizer, or
@@ -140,7 +141,7 @@ class TextDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------- tokenizer
     def _tokenizer_file(self) -> Path:
-        vocab = int(self.tokenizer_cfg.get("vocab_size", 8192))
+        vocab = int(self.tokenizer_cfg.get("vocab_size", DEFAULT_VOCAB_SIZE))
         train_bytes = int(self.tokenizer_cfg.get("train_bytes", 50_000_000))
         blob = json.dumps([[s.fingerprint() for s in self.sources], vocab, train_bytes])
         key = hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from zoo.errors import ZooError
+from zoo.schema import DEFAULT_VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ SPECIAL_TOKENS = (EOT, PAD)
 
 
 def train_bpe(
-    texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2
+    texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer (no prefix space, no normalisation: lossless).
 

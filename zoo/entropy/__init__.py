@@ -1,11 +1,12 @@
-"""The entropy toolkit (DESIGN.md §5–6): how much information each token carries, training
+"""The entropy toolkit: how much information each token carries, training
 that approaches but does not undercut it, and the entropy of weights and data.
 
 * :mod:`zoo.entropy.estimate` — per-token chain-rule estimates with a trained (EACD) model,
   batched; ``python -m zoo.entropy estimate`` writes them aligned with the token cache.
 * :mod:`zoo.entropy.regressor` — the second-order estimator (a small causal regressor).
 * :mod:`zoo.entropy.data` — batches that carry the estimates (``entropy``), document budgets.
-* :mod:`zoo.metrics.entropy` — the entropy-aware losses and the ``EntropyGap`` metric.
+* :mod:`zoo.objectives` — the entropy-aware training losses; :mod:`zoo.metrics.entropy_gap` — the
+  ``EntropyGap`` metric (logged by :class:`zoo.monitors.EntropyGapMonitor`).
 * :mod:`zoo.entropy.weights` — weight entropy per layer over training (callback + plot).
 * :mod:`zoo.data.sources.markov` — a synthetic source with an exactly known entropy rate.
 * :mod:`zoo.diversity` — data diversity of corpora (``python -m zoo.diversity``).

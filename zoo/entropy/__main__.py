@@ -29,7 +29,6 @@ Errors are one line (``error: ...``) with exit status 2.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from zoo.cli import data_options, key_values
+from zoo.cli import data_options, emit, key_values, run_command
 from zoo.errors import ZooError, unknown
 
 COMMANDS = {
@@ -152,42 +151,33 @@ def regress(args: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(__doc__)
-        return
+def _main(argv: list[str]) -> None:
     command, rest = argv[0], argv[1:]
-    try:
-        if command not in COMMANDS:
-            raise unknown("command", command, COMMANDS)
-        args, group = parse(command, rest)
-        if command == "estimate":
-            result: Any = estimate(args, group)
-            text = "\n".join(format_summary(s) for s in result)
-        elif command == "summary":
-            folder = Path(require(args, "estimates", "a split folder written by `estimate`"))
-            if not (folder / "summary.json").is_file():
-                raise ZooError(f"{folder} has no summary.json (the estimate run has not finished)")
-            result = json.loads((folder / "summary.json").read_text())
-            text = format_summary(result)
-        else:
-            result = regress(args)
-            text = (
-                f"second-order estimator on {result['held_out_documents']} held-out documents "
-                f"({result['tokens']:,} tokens): R² {result['r2']:.3f}, MAE {result['mae_bits']:.3f} bits "
-                f"(predicting the mean: {result['baseline_mae_nats'] / 0.6931471805599453:.3f} bits); "
-                f"mean estimate {result['mean_target_bits']:.3f}, predicted {result['mean_pred_bits']:.3f} bits/token"
-            )
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if args.get("json") == "-":
-        print(json.dumps(result, indent=1))
-        return
-    print(text)
-    if args.get("json"):
-        Path(args["json"]).write_text(json.dumps(result, indent=1))
+    if command not in COMMANDS:
+        raise unknown("command", command, COMMANDS)
+    args, group = parse(command, rest)
+    if command == "estimate":
+        result: Any = estimate(args, group)
+        text = "\n".join(format_summary(s) for s in result)
+    elif command == "summary":
+        folder = Path(require(args, "estimates", "a split folder written by `estimate`"))
+        if not (folder / "summary.json").is_file():
+            raise ZooError(f"{folder} has no summary.json (the estimate run has not finished)")
+        result = json.loads((folder / "summary.json").read_text())
+        text = format_summary(result)
+    else:
+        result = regress(args)
+        text = (
+            f"second-order estimator on {result['held_out_documents']} held-out documents "
+            f"({result['tokens']:,} tokens): R² {result['r2']:.3f}, MAE {result['mae_bits']:.3f} bits "
+            f"(predicting the mean: {result['baseline_mae_nats'] / 0.6931471805599453:.3f} bits); "
+            f"mean estimate {result['mean_target_bits']:.3f}, predicted {result['mean_pred_bits']:.3f} bits/token"
+        )
+    emit(result, text, args.get("json"))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_command(_main, __doc__, argv)
 
 
 if __name__ == "__main__":

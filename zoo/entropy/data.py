@@ -6,7 +6,7 @@ recipe's ``entropy:`` section:
 * ``estimates``: the ``out=`` folder of ``python -m zoo.entropy estimate``. Every split whose
   token cache has estimates there gets an ``entropy`` key in its samples: float32 nats aligned
   with ``labels`` (NaN where a target has no estimate or is not scored). Entropy-aware losses
-  (``loss.kind``, :mod:`zoo.metrics.entropy`) read it.
+  (``loss.kind``, :mod:`zoo.objectives`) read it.
 * ``train_documents``: train on the first ``N`` documents of the training split only (the
   paper's data-limited regime: a fixed document budget, many epochs); val and test are whole.
 
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from zoo.data.datamodule import TextDataModule
-from zoo.data.samples import LeftPaddedDataset, MixtureDataset, PackedDataset
+from zoo.data.layouts import IGNORE_INDEX, LeftPaddedDataset, MixtureDataset, PackedDataset
 from zoo.entropy.estimate import ESTIMATES_FILE, estimates_path
 from zoo.errors import ZooError
 
@@ -56,7 +56,7 @@ class WithEntropy(Dataset):
             if L:
                 h[n - L:] = self.estimates[start:start + L]
         entropy = torch.from_numpy(h)
-        sample["entropy"] = torch.where(sample["labels"] != -100, entropy, torch.nan)
+        sample["entropy"] = torch.where(sample["labels"] != IGNORE_INDEX, entropy, torch.nan)
         return sample
 
 

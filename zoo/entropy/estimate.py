@@ -2,7 +2,7 @@
 
 For a document ``x_1 .. x_L`` let ``S(j)`` be the model's total cross-entropy (nats) of the
 prefix ``x_1 .. x_j`` scored as one left-padded sample (end-of-text, then the prefix; the
-layout :class:`zoo.data.samples.LeftPaddedDataset` trains on). The chain rule
+layout :class:`zoo.data.layouts.LeftPaddedDataset` trains on). The chain rule
 ``H(x_j | x_<j) = H(x_1..x_j) - H(x_1..x_{j-1})`` gives the per-token estimate
 
     h_j = S(j) - S(j - 1),      S(0) = 0,
@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from zoo.data.layouts import IGNORE_INDEX
 from zoo.errors import ZooError
 
 LN2 = math.log(2.0)
-IGNORE = -100
 #: name of the estimate file in each split's folder: float32 nats, one per cached token
 ESTIMATES_FILE = "entropy.f32"
 
@@ -72,7 +72,7 @@ def prefix_batch(prefixes: Sequence[np.ndarray], width: int, pad_id: int, eot_id
         valid[r, width - j:] = True
     x, y = torch.from_numpy(window[:, :-1]), torch.from_numpy(window[:, 1:])
     v = torch.from_numpy(valid)
-    return {"input_ids": x, "labels": torch.where(v, y, IGNORE), "attention_mask": v.long()}
+    return {"input_ids": x, "labels": torch.where(v, y, IGNORE_INDEX), "attention_mask": v.long()}
 
 
 @torch.no_grad()
@@ -81,7 +81,7 @@ def sequence_nll(model_fn: ModelFn, batch: dict[str, Tensor]) -> Tensor:
     logits = model_fn(batch)
     labels = batch["labels"].to(logits.device)
     logp = F.log_softmax(logits.float(), dim=-1)
-    valid = labels != IGNORE
+    valid = labels != IGNORE_INDEX
     picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return torch.where(valid, -picked, torch.zeros_like(picked)).sum(-1).double().cpu()
 

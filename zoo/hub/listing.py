@@ -7,7 +7,8 @@ their parameter counts are at the default 8k vocabulary).
 
 from __future__ import annotations
 
-from zoo.hub.registry import DEFAULT_VOCAB_SIZE, architecture_parameters, list_models, registry
+from zoo.hub.registry import architecture_parameters, list_models, registry
+from zoo.schema import DEFAULT_N_CTX, DEFAULT_VOCAB_SIZE
 
 
 def table(pattern: str = "*") -> str:
@@ -45,7 +46,7 @@ def table(pattern: str = "*") -> str:
     notes = [
         "",
         "pretrained: zoo.load(NAME) -> (model, tokenizer); config: zoo.create_model(NAME, vocab_size=..., n_ctx=...) "
-        f"(parameters at vocab {DEFAULT_VOCAB_SIZE:,}, n_ctx 256).",
+        f"(parameters at vocab {DEFAULT_VOCAB_SIZE:,}, n_ctx {DEFAULT_N_CTX}).",
         "EACD BPB includes the encoder vector's cost; in parentheses without it. Cards: checkpoints/NAME/card.md",
     ]
     return "\n".join(lines + notes)

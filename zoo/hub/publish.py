@@ -110,7 +110,7 @@ def fit_command(run: Mapping[str, Any], run_dir: Path | None) -> tuple[str, str]
     here, else rebuilt as the recipe ``run['name']`` plus the keys where the run differs from
     it. Either way it is checked by composing it again; ``note`` says if that differs now.
     """
-    from zoo.config import compose, list_recipes
+    from zoo.recipes import compose, list_recipes
 
     recipe, overrides = None, []
     hydra = run_dir / ".hydra" if run_dir else None
@@ -202,8 +202,8 @@ def resolve_source(run: str | None, name: str) -> tuple[Path, Path | None]:
 
 def _eval(folder: Path, data: str | None, max_batches: int | None = None) -> dict[str, Any]:
     """Val metrics of ``folder`` on data group ``data`` (None: the model's own training data)."""
-    from zoo.config import list_group, recipes_dir
     from zoo.evaluate import evaluate
+    from zoo.recipes import list_group, recipes_dir
 
     override = None
     if data is not None:

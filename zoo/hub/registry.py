@@ -34,15 +34,11 @@ from zoo.errors import ZooError, did_you_mean
 from zoo.hub.folder import load_pretrained
 from zoo.hub.manifest import checkpoints_dir, read_manifest, verify_manifest
 from zoo.models import build_model, count_parameters
-
-#: vocabulary and context a model config is built with when the caller gives none (the
-#: recipes' defaults: the paper's 8k BPE, 256-token windows)
-DEFAULT_VOCAB_SIZE = 8192
-DEFAULT_N_CTX = 256
+from zoo.schema import DEFAULT_N_CTX, DEFAULT_VOCAB_SIZE
 
 
 def _model_configs_dir() -> Path | None:
-    from zoo.config import recipes_dir
+    from zoo.recipes import recipes_dir
 
     try:
         path = recipes_dir() / "model"

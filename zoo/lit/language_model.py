@@ -1,24 +1,19 @@
 """The LightningModule every family shares: loss, metrics, optimiser, logging. Nothing else.
 
-A family differs only in its ``nn.Module`` (built by :func:`zoo.models.build_model`), which
-maps a batch's ``input_ids`` and ``attention_mask`` to next-token logits. Two optional model
-attributes are honoured: ``needs_targets`` (the model also gets ``targets=batch["labels"]``:
-the EACD's oracle encoder reads them) and ``side_bits_per_sequence`` (bits of side
-information the model gets for free per sequence). When the latter is > 0, the headline
-``bpb`` (``val/bpb``, which picks the best checkpoint, and ``final/<split>/bpb``) CHARGES those
-bits, and ``bpb_free_vector`` is the same without them. Families that need more subclass and
-override :meth:`LanguageModelTask.forward`, not the steps.
-
-Mixture-of-experts layers (:class:`zoo.models.moe.MoEFeedForward`, in any family) are found
-by type: their load-balancing losses (:func:`zoo.models.moe.auxiliary_loss`, each already
-weighted by its ``aux_loss_coef``) are added to the training loss and logged as
-``train/aux_loss``, and their routing feeds the router metrics (:mod:`zoo.metrics.router`:
-per-layer expert load and router entropy in bits), logged as ``train/router_*`` every step
-(that batch), ``val/router_*`` per validation and ``final/<split>/router_*`` in the report.
+A family differs only in its ``nn.Module``, a :class:`zoo.models.LanguageModel` built by
+:func:`zoo.models.build_model`: the task asks it for logits of a batch (``forward_batch``),
+for the side information it gets per sequence (``side_bits_per_sequence``: the headline
+``bpb`` charges it, and :data:`zoo.metrics.SIDE_INFO_FREE_BPB` is the same rate with it for
+free), for auxiliary
+losses its layers produced (``auxiliary_loss``, logged as ``train/aux_loss``) and for its
+repeated blocks (``block_classes``, what FSDP2 shards). The training loss is a pluggable
+objective (:mod:`zoo.objectives`, the ``loss:`` section); what a run watches beyond the
+metrics is logged by callbacks (:mod:`zoo.monitors`, attached in :meth:`configure_callbacks`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -26,13 +21,13 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
 
 from zoo.metrics import language_metrics, token_stats, update_all
-from zoo.metrics.entropy import EntropyGap, entropy_aware_loss, loss_options
-from zoo.metrics.router import router_metrics, router_values, update_router_metrics
 from zoo.models import build_model
-from zoo.models.moe import auxiliary_loss, moe_layers
+from zoo.models.base import auxiliary_loss
+from zoo.monitors import log_prefix, monitors
+from zoo.objectives import build_objective
+from zoo.schema import OPTIMIZERS, SCHEDULES, OptimOptions
 
 #: names of the evaluation stages that keep their own metric state
 EVAL_STAGES = ("val", "report_train", "report_val", "report_test")
@@ -51,14 +46,10 @@ class LanguageModelTask(L.LightningModule):
             times faster than the per-tensor loop torch uses on CPU by default, with
             rounding-level differences in the weights, so off by default to keep runs
             reproducing their recorded numbers).
-        loss: the training loss, ``{kind: ce | entropy_l1 | entropy_clip, alpha: 2.5}``
-            (:mod:`zoo.metrics.entropy`): entropy-aware kinds read per-token estimates from
-            the batch's ``entropy`` (nats, aligned with ``labels``). Evaluation is plain CE.
+        loss: the training objective's ``loss:`` section, ``{kind: ce, ...}``
+            (:mod:`zoo.objectives` lists the kinds, and more register there). Evaluation is plain CE.
     """
 
-    #: bits of side information the model receives per sequence (the EACD's vector); taken
-    #: from the model's own ``side_bits_per_sequence`` when it has one
-    side_bits_per_sequence: float = 0.0
     #: metric stage of each test dataloader (the final report scores train, val, test)
     report_stages: list[str] = ["report_test"]
 
@@ -73,38 +64,28 @@ class LanguageModelTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model, vocab_size, n_ctx)
-        #: the model's mixture-of-experts layers (empty for dense models), and their router
-        #: metrics per stage ("fit": training, and the evaluation stages), one set per layer
-        self.moe_layers = moe_layers(self.model)
-        self.router_metrics = nn.ModuleDict({
-            s: router_metrics([m.n_experts for m in self.moe_layers]) for s in ("fit", *EVAL_STAGES)
-        }) if self.moe_layers else None
-        self.optim = {
-            "lr": 1e-3,
-            "weight_decay": 0.1,
-            "betas": (0.9, 0.95),
-            "eps": 1e-8,
-            "warmup_steps": 100,
-            "schedule": "cosine",
-            "min_lr_ratio": 0.1,
-            **dict(optim or {}),
-        }
-        self.loss_cfg = loss_options(loss)
-        self.train_entropy_gap = EntropyGap()
+        self.optim = {**dataclasses.asdict(OptimOptions()), **dict(optim or {})}  # defaults: zoo.schema
+        self.objective = build_objective(loss)
         self.refresh_metrics()
+
+    @property
+    def side_bits_per_sequence(self) -> float:
+        """Bits of side information the model receives per sequence (charged by ``bpb``)."""
+        return float(getattr(self.model, "side_bits_per_sequence", 0.0))
 
     def refresh_metrics(self) -> None:
         """(Re)build the evaluation metrics for the model's current side information; call it
-        after changing what the model's vector costs (e.g. its storage format)."""
-        self.side_bits_per_sequence = float(getattr(self.model, "side_bits_per_sequence", 0.0))
+        after changing what the model's side information costs (e.g. its storage format)."""
         self.metrics = nn.ModuleDict({s: task_metrics(self.side_bits_per_sequence) for s in EVAL_STAGES})
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Next-token logits ``[B, T, V]`` for a batch from the shared DataModule."""
-        if getattr(self.model, "needs_targets", False):
-            return self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"), targets=batch["labels"])
-        return self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        return self.model.forward_batch(batch)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The monitors (:mod:`zoo.monitors`) every Trainer running this task gets."""
+        return monitors()
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (``trainer.strategy=fsdp2``): ``fully_shard`` every
@@ -124,7 +105,9 @@ class LanguageModelTask(L.LightningModule):
         fully_shard(self.model, mesh=dp_mesh)
 
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """The objective (plus the model's auxiliary losses); returns the loss and, for the
+        monitors, the per-token ``nll`` (detached) and ``valid`` mask."""
         stats = token_stats(self(batch), batch["labels"], batch["target_bytes"], with_entropy=False)
         bs = batch["input_ids"].shape[0]
         bits = stats.nll.detach().sum() / math.log(2) + self.side_bits_per_sequence * bs  # honest, like val/bpb
@@ -132,34 +115,20 @@ class LanguageModelTask(L.LightningModule):
         # averaged over processes, so a DDP run logs the same curve as one process would
         self.log("train/loss", stats.loss, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("train/bpb", bpb, prog_bar=True, batch_size=bs, sync_dist=True)
-        loss = stats.loss
-        if "entropy" in batch:  # per-token entropy estimates came with the data
-            self.train_entropy_gap(stats.nll, batch["entropy"], stats.valid)
-            self.log("train/entropy_gap", self.train_entropy_gap, batch_size=bs)
-        if self.loss_cfg["kind"] != "ce":
-            if "entropy" not in batch:
-                raise RuntimeError(f"loss.kind={self.loss_cfg['kind']} needs per-token estimates in the batch "
-                                   "('entropy'): train with entropy.estimates=DIR (python -m zoo.entropy estimate)")
-            loss = entropy_aware_loss(stats.nll, stats.valid, batch["entropy"], **self.loss_cfg)
-            self.log("train/objective", loss.detach(), batch_size=bs, sync_dist=True)
-        if self.moe_layers:
-            aux = auxiliary_loss(self.model)
+        loss, extra = self.objective(stats, batch)
+        for name, value in extra.items():
+            self.log(f"train/{name}", value, batch_size=bs, sync_dist=True)
+        aux = auxiliary_loss(self.model)
+        if aux is not None:
             loss = loss + aux
             self.log("train/aux_loss", aux.detach(), batch_size=bs, sync_dist=True)
-            metrics = self.router_metrics["fit"]
-            for m in metrics:  # this batch's routing (all processes' tokens)
-                m.reset()
-            update_router_metrics(metrics, self.moe_layers)
-            self.log_dict(router_values(metrics, "train"), batch_size=bs)
-        return loss
+        return {"loss": loss, "nll": stats.nll.detach(), "valid": stats.valid}
 
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         stats = token_stats(self(batch), batch["labels"], batch["target_bytes"], with_entropy=True)
         m = self.metrics[stage]
         update_all(m, stats, n_sequences=batch["input_ids"].shape[0])
-        if self.moe_layers:
-            update_router_metrics(self.router_metrics[stage], self.moe_layers)
-        prefix = "val" if stage == "val" else stage.replace("report_", "final/")
+        prefix = log_prefix(stage)
         for name, metric in m.items():
             self.log(f"{prefix}/{name}", metric, prog_bar=name == "bpb" and stage == "val",
                      add_dataloader_idx=False, batch_size=batch["input_ids"].shape[0])
@@ -170,23 +139,6 @@ class LanguageModelTask(L.LightningModule):
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Test loaders are the report's splits, named by :attr:`report_stages` in order."""
         self._eval_step(self.report_stages[dataloader_idx], batch)
-
-    def _log_router(self, stages: list[str]) -> None:
-        """Log (then reset) the router metrics of ``stages``; their values are already global."""
-        if not self.moe_layers:
-            return
-        for stage in stages:
-            prefix = "val" if stage == "val" else stage.replace("report_", "final/")
-            metrics = self.router_metrics[stage]
-            self.log_dict(router_values(metrics, prefix), add_dataloader_idx=False, rank_zero_only=True)
-            for m in metrics:
-                m.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_router(["val"])
-
-    def on_test_epoch_end(self) -> None:
-        self._log_router(list(self.report_stages))
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> dict:
@@ -210,24 +162,13 @@ class LanguageModelTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def task_metrics(side_bits_per_sequence: float) -> MetricCollection:
-    """The evaluation metrics, with ``bpb`` the honest headline.
-
-    :func:`zoo.metrics.language_metrics` keeps ``bpb`` plain and names the charged value
-    ``bpb_with_side_info``; for the task the headline must be the honest number (it selects
-    the best checkpoint), so with side information ``bpb`` charges it and ``bpb_free_vector``
-    is the plain value.
-    """
-    metrics = language_metrics(extra_bits_per_sequence=side_bits_per_sequence)
-    if not side_bits_per_sequence:
-        return metrics
-    named = dict(metrics.items(keep_base=True))
-    named["bpb_free_vector"] = named.pop("bpb")
-    named["bpb"] = named.pop("bpb_with_side_info")
-    return MetricCollection(named, compute_groups=False)
+def task_metrics(side_bits_per_sequence: float) -> nn.ModuleDict | Any:
+    """The evaluation metrics (:func:`zoo.metrics.language_metrics`): ``bpb`` the honest
+    headline (it selects the best checkpoint), the side-information-free rate beside it when
+    the model gets side information."""
+    return language_metrics(side_bits_per_sequence=side_bits_per_sequence)
 
 
-OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
@@ -245,7 +186,6 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     raise unknown("optim.name", name, OPTIMIZERS)
 
 
-SCHEDULES = ("cosine", "linear", "constant")
 
 
 def lr_schedule(kind: str, warmup: int, total: int, min_ratio: float):

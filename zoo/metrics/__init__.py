@@ -7,6 +7,8 @@ statistic from one float32 log-softmax of the logits.
 from zoo.metrics.language import (
     ENTROPY_UNITS,
     IGNORE_INDEX,
+    METRIC_LABELS,
+    SIDE_INFO_FREE_BPB,
     BitsPerByte,
     CrossEntropy,
     Perplexity,
@@ -25,6 +27,8 @@ __all__ = [
     "CrossEntropy",
     "Perplexity",
     "PredictiveEntropy",
+    "METRIC_LABELS",
+    "SIDE_INFO_FREE_BPB",
     "TokenMetric",
     "TokenStats",
     "language_metrics",

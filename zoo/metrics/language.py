@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-IGNORE_INDEX = -100
+from zoo.data.layouts import IGNORE_INDEX
+
 """Label value of positions that are not scored (the ``F.cross_entropy`` default)."""
 
 LN2 = math.log(2.0)
@@ -431,29 +432,42 @@ class PredictiveEntropy(TokenMetric):
 # --------------------------------------------------------------------------------------------
 
 
+#: the name of the rate with the side information for free, beside the honest ``bpb``: for
+#: the encoder-augmented decoder, BPB as if its stored vector cost nothing
+SIDE_INFO_FREE_BPB = "bpb_free_vector"
+
+
+#: what each metric of :func:`language_metrics` is, for tables and logs (in display order)
+METRIC_LABELS: dict[str, str] = {
+    "bpb": "bits per byte",
+    SIDE_INFO_FREE_BPB: "bits per byte, side information free",
+    "ce": "cross-entropy (nats/token)",
+    "ppl": "perplexity",
+    "entropy": "predictive entropy (bits/token)",
+    "entropy_bpb": "predictive entropy (bits/byte)",
+}
+
+
 def language_metrics(
     prefix: str = "",
-    extra_bits_per_sequence: float = 0.0,
+    side_bits_per_sequence: float = 0.0,
     with_entropy: bool = True,
 ) -> MetricCollection:
     """The standard metric set of a language model, keyed ``prefix + name``.
 
     Names: ``bpb``, ``ce`` (nats/token), ``ppl``, and with ``with_entropy`` also
-    ``entropy`` (bits/token) and ``entropy_bpb`` (bits/byte). With
-    ``extra_bits_per_sequence > 0`` (a model given side information) ``bpb`` stays the plain
-    value and ``bpb_with_side_info`` adds the side information's cost, so both are reported
-    and their names say which is which.
+    ``entropy`` (bits/token) and ``entropy_bpb`` (bits/byte). ``bpb`` is always the honest
+    rate: for a model given ``side_bits_per_sequence > 0`` bits of side information per
+    sequence it charges them, and :data:`SIDE_INFO_FREE_BPB` (``bpb_free_vector``) is the same
+    rate with the side information for free.
 
     Compute groups are off: every metric keeps its own state, so each can be logged on its
     own with ``self.log(name, metric)``. Feed the collection with :func:`update_all`.
     """
-    metrics: dict[str, Metric] = {
-        "bpb": BitsPerByte(),
-        "ce": CrossEntropy(),
-        "ppl": Perplexity(),
-    }
-    if extra_bits_per_sequence:
-        metrics["bpb_with_side_info"] = BitsPerByte(extra_bits_per_sequence)
+    metrics: dict[str, Metric] = {"bpb": BitsPerByte(side_bits_per_sequence)}
+    if side_bits_per_sequence:
+        metrics[SIDE_INFO_FREE_BPB] = BitsPerByte()
+    metrics.update(ce=CrossEntropy(), ppl=Perplexity())
     if with_entropy:
         metrics["entropy"] = PredictiveEntropy("token")
         metrics["entropy_bpb"] = PredictiveEntropy("byte")

@@ -176,7 +176,7 @@ class MixerStack(nn.Module):
     """``n_layers`` :class:`MixerBlock` s and a final LayerNorm: embeddings → hidden states.
 
     No positional encoding (the mixing weights are position-specific).
-    ``block_class`` names the repeated block (the unit FSDP shards).
+    ``block_classes`` names the repeated block (the unit FSDP shards).
 
     Args:
         n_ctx: longest sequence; d: width; kernel, heads: the mixers' (see
@@ -188,7 +188,7 @@ class MixerStack(nn.Module):
             experts are :class:`FeedForward` s of width ``moe.d_ff`` (default ``4·d``).
     """
 
-    block_class: type[nn.Module] = MixerBlock
+    block_classes: tuple[type[nn.Module], ...] = (MixerBlock,)
 
     def __init__(
         self,
@@ -254,7 +254,7 @@ class LlamaStack(nn.Module):
     """
 
     #: the repeated block (the unit FSDP shards)
-    block_class: type[nn.Module] = LlamaDecoderLayer
+    block_classes: tuple[type[nn.Module], ...] = (LlamaDecoderLayer,)
 
     def __init__(
         self,

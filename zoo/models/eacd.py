@@ -44,13 +44,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from zoo.data.layouts import IGNORE_INDEX
+from zoo.models.base import LanguageModel, register_model
 from zoo.models.blocks import build_stack
 from zoo.models.noise import UniformNoise
-from zoo.quantize import get_vector_format, store_vector
+from zoo.models.vector_formats import get_vector_format, store_vector
 
 INJECTIONS = ("token", "embedding", "additive")
 NOISE_PLACES = ("after_down", "before_down")
-IGNORE_INDEX = -100
 
 
 def first_valid(mask: Tensor) -> Tensor:
@@ -64,8 +65,17 @@ def last_valid(mask: Tensor) -> Tensor:
     return ((mask != 0) * positions).argmax(-1)
 
 
-class EncoderAugmentedDecoder(nn.Module):
-    """An oracle encoder compresses the sequence to ``d_c`` numbers; a causal decoder predicts it.
+CARD_NOTE = (
+    "BPB includes the cost of the encoder's vector (the honest compression rate); "
+    "`bpb_free_vector` is the same without it. The encoder reads the text it predicts, so the "
+    "model is an entropy estimator, not a generator."
+)
+
+
+@register_model("eacd", card_note=CARD_NOTE)
+class EncoderAugmentedDecoder(LanguageModel):
+    """An encoder-augmented causal decoder: an oracle encoder compresses the sequence to
+    ``d_c`` numbers, and a causal decoder predicts the sequence given them.
 
     Args:
         vocab_size: tokens in the vocabulary.
@@ -77,7 +87,7 @@ class EncoderAugmentedDecoder(nn.Module):
         injection: ``token``, ``embedding`` or ``additive`` (module docstring).
         vector_format: the format the vector is stored in, in training (straight-through
             rounding) and evaluation: ``fp32``, ``bf16``, ``fp16``, ``fp8_e4m3``, ``fp8_e5m2``
-            or ``int8`` (:data:`zoo.quantize.VECTOR_FORMATS`). Sets the vector's cost.
+            or ``int8`` (:data:`zoo.models.vector_formats.VECTOR_FORMATS`). Sets the vector's cost.
         vector_bits: charge this many bits per number instead of the format's own (e.g. the
             rate of an entropy coder); ``None``: the format's bits (and overhead).
         noise_q: half-width of the uniform training noise (0: none; the paper: 2⁻⁴).
@@ -89,11 +99,10 @@ class EncoderAugmentedDecoder(nn.Module):
         side_bits_per_sequence: the bits that store the vector (``d_c × bits`` + the format's
             overhead), which the decoder gets for free per sequence (n_p × b_p in the paper);
             an honest BPB adds them. Follows :meth:`set_vector_format`.
-        needs_targets: True: :meth:`forward` wants the batch's labels (the encoder's input).
         block_classes: the repeated blocks of both stacks (the units FSDP shards).
     """
 
-    needs_targets: bool = True
+    can_generate = False
 
     def __init__(
         self,
@@ -140,7 +149,7 @@ class EncoderAugmentedDecoder(nn.Module):
             self.up = nn.Linear(self.d_c, d_dec)
         self.decoder = build_stack(decoder, n_ctx + 1 if injection == "token" else n_ctx, width=width)
         self.head = nn.Linear(width, vocab_size, bias=False)
-        self.block_classes = tuple(dict.fromkeys((self.encoder.block_class, self.decoder.block_class)))
+        self.block_classes = tuple(dict.fromkeys((*self.encoder.block_classes, *self.decoder.block_classes)))
         # each embedding at the scale its stack expects (mixer N(0, 1), Llama N(0, 0.02))
         nn.init.normal_(self.enc_embed.weight, std=self.encoder.embedding_std)
         nn.init.normal_(self.dec_embed.weight, std=self.decoder.embedding_std)
@@ -195,7 +204,29 @@ class EncoderAugmentedDecoder(nn.Module):
         # input token t sits at decoder position t + 1 for t >= first; earlier ones are pads
         return self.head(hidden[:, 1:])
 
+    @classmethod
+    def summarize(cls, options: Mapping[str, Any]) -> str:
+        enc, dec = options.get("encoder", {}), options.get("decoder", {})
+        return (f"encoder-augmented causal decoder: {enc.get('kind')} encoder d={enc.get('d_model')} x "
+                f"{enc.get('n_layers')}, {dec.get('kind')} decoder d={dec.get('d_model')} x {dec.get('n_layers')}, "
+                f"vector by {options.get('injection', 'token')}")
+
+    def forward_flops_per_token(self, n_ctx: int) -> float:
+        """Encoder over ``n_ctx`` positions, decoder over its own (one more with ``token``
+        injection), the head, and ``down`` / ``up`` once per sequence."""
+        from zoo.models.flops import forward_flops, matmul_weights
+
+        p_dec = n_ctx + 1 if self.injection == "token" else n_ctx
+        fwd = forward_flops(self.encoder, n_ctx) + p_dec / n_ctx * forward_flops(self.decoder, p_dec)
+        fwd += 2 * matmul_weights(self.head)
+        fwd += 2 * (matmul_weights(self.down) + (matmul_weights(self.up) if hasattr(self, "up") else 0)) / n_ctx
+        return fwd
+
     # ------------------------------------------------------------------ model call
+    def forward_batch(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The encoder reads the batch's ``labels`` (the tokens the decoder predicts)."""
+        return self(batch["input_ids"], attention_mask=batch.get("attention_mask"), targets=batch["labels"])
+
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, targets: Tensor | None = None
     ) -> Tensor:

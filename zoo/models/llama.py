@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from zoo.models.base import LanguageModel, register_model
 
 
 def llama_config(
@@ -62,8 +63,10 @@ def llama_config(
     )
 
 
-class CausalTransformer(nn.Module):
-    """A decoder-only transformer (RMSNorm, RoPE, SwiGLU, grouped-query attention).
+@register_model("llama")
+class CausalTransformer(LanguageModel):
+    """A Llama-style decoder-only transformer (RMSNorm, RoPE, SwiGLU, grouped-query
+    attention), built locally with ``transformers``' ``LlamaForCausalLM``.
 
     Args:
         vocab_size: tokens in the vocabulary.
@@ -110,6 +113,13 @@ class CausalTransformer(nn.Module):
             from zoo.models.moe import use_moe_mlps
 
             use_moe_mlps(self.hf.model.layers, self.config, moe)
+
+    @classmethod
+    def summarize(cls, options: Mapping[str, Any]) -> str:
+        return f"causal transformer (Llama) d={options.get('d_model', 256)} x {options.get('n_layers', 4)}"
+
+    def transformers_model(self) -> LlamaForCausalLM:
+        return self.hf
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits ``[B, T, V]`` for ``input_ids`` ``[B, T]``.

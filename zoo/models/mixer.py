@@ -14,11 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from zoo.models.base import LanguageModel, register_model
 from zoo.models.blocks import MixerBlock, MixerStack
 
 
-class MaskedMixerLM(nn.Module):
-    """Token embedding → :class:`MixerStack` → linear head. ``model(ids, mask) -> logits``.
+@register_model("mixer")
+class MaskedMixerLM(LanguageModel):
+    """A masked mixer: a transformer whose attention is a learned, causally masked token
+    mixing (no positional encoding); token embedding → :class:`MixerStack` → linear head.
 
     Args:
         vocab_size: tokens in the vocabulary.
@@ -58,6 +61,10 @@ class MaskedMixerLM(nn.Module):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
             self.head.weight = self.embed.weight
+
+    @classmethod
+    def summarize(cls, options: Mapping[str, Any]) -> str:
+        return f"masked-mixer causal LM d={options.get('d_model', 256)} x {options.get('n_layers', 4)}"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> torch.Tensor:
         """Next-token logits ``[B, T, V]`` for ``input_ids`` ``[B, T]`` (``T <= n_ctx``).

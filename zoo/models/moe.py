@@ -30,8 +30,11 @@ Options (the ``model.moe`` config section, see :data:`MOE_OPTIONS`):
 
 After each forward the layer keeps :attr:`MoEFeedForward.aux_loss` (already multiplied by
 its coefficient) and :attr:`MoEFeedForward.routing` (detached routing decisions for the
-router metrics, :mod:`zoo.metrics.router`); :func:`auxiliary_loss` sums the former over a
-model, which is how :class:`zoo.lit.language_model.LanguageModelTask` adds it to the loss.
+router metrics, :mod:`zoo.metrics.router`, logged by :class:`zoo.monitors.RouterMonitor`).
+The layer is an :class:`zoo.models.base.AuxiliaryLossLayer`: :func:`zoo.models.base.auxiliary_loss`
+sums such losses over any model, which is how the training task adds it to the loss; and a
+:class:`zoo.models.base.SparseLayer`, so :func:`zoo.models.parameter_counts` counts the
+parameters a token does not use.
 
 Compute is vectorised: the assignments are sorted by expert and each expert runs once on
 all its tokens (a loop over experts, none over tokens). Every expert runs every step, on
@@ -49,6 +52,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from zoo.models.base import count_parameters
 
 #: the keys of a ``model.moe`` config section, with their defaults
 MOE_OPTIONS: dict[str, Any] = {
@@ -150,7 +155,7 @@ class MoEFeedForward(nn.Module):
 
     def expert_parameters(self) -> int:
         """Parameters of one expert."""
-        return sum(p.numel() for p in self.experts[0].parameters())
+        return count_parameters(self.experts[0])
 
     def inactive_parameters(self) -> int:
         """Parameters a token does not use: the ``n_experts - k`` experts it is not routed to."""
@@ -211,20 +216,6 @@ class MoEFeedForward(nn.Module):
 def moe_layers(model: nn.Module) -> list[MoEFeedForward]:
     """The MoE layers of a model, in module order (one per block)."""
     return [m for m in model.modules() if isinstance(m, MoEFeedForward)]
-
-
-def auxiliary_loss(model: nn.Module) -> Tensor | None:
-    """The sum of the MoE layers' load-balancing losses from the last forward (None: no MoE)."""
-    losses = [m.aux_loss for m in moe_layers(model) if m.aux_loss is not None]
-    return torch.stack(losses).sum() if losses else None
-
-
-def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """``total``, ``trainable`` and ``active`` (used per token: all but the unrouted experts)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    active = total - sum(m.inactive_parameters() for m in moe_layers(model))
-    return {"total": total, "trainable": trainable, "active": active}
 
 
 def use_moe_mlps(layers: nn.ModuleList, config: Any, moe: Mapping[str, Any]) -> None:

@@ -20,8 +20,7 @@ from typing import Any, ClassVar
 
 from zoo.data.sources.options import check_fraction, check_string
 from zoo.errors import ZooError, unknown
-
-SPLITS = ("train", "val", "test")
+from zoo.schema import SPLITS
 
 #: Options every source accepts, with their defaults.
 COMMON_OPTIONS: dict[str, Any] = {"val_fraction": 0.05, "test_fraction": 0.05, "split_salt": "zoo"}

@@ -14,6 +14,7 @@ from typing import Any
 
 from zoo.data.sources.base import COMMON_OPTIONS, Source
 from zoo.errors import ZooError, did_you_mean, unknown
+from zoo.plugins import load_plugins
 
 _REGISTRY: dict[str, tuple[type[Source], dict[str, Any]]] = {}
 
@@ -34,7 +35,8 @@ def register_source(name: str, **preset: Any) -> Callable[[type[Source]], type[S
 
 
 def list_sources() -> list[str]:
-    """Names accepted by :func:`build_source`, sorted."""
+    """Names accepted by :func:`build_source`, sorted (plug-ins of ``$ZOO_PLUGINS`` included)."""
+    load_plugins()
     return sorted(_REGISTRY)
 
 
@@ -65,6 +67,7 @@ def build_source(spec: Mapping[str, Any] | str) -> Source:
     Unset options take their defaults (:func:`source_options`); an unknown name or option key
     is a :class:`ZooError` that lists what is allowed. A bare string is taken as the name.
     """
+    load_plugins()
     spec = {"name": spec} if isinstance(spec, str) else _plain(spec)
     if not isinstance(spec, Mapping):
         raise ZooError(f"a data source must be a mapping with a 'name' key, got {spec!r}")

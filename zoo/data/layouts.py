@@ -28,15 +28,16 @@ from torch.utils.data import Dataset
 
 from zoo.data.cache import TokenizedSplit
 
-LAYOUTS = ("packed", "left_padded")
-IGNORE = -100
+#: the label of a position that is not scored (nothing to predict there, a pad, a side
+#: token): the ``ignore_index`` of cross-entropy, defined here once for the whole package
+IGNORE_INDEX = -100
 
 
 def sample_from_window(window: np.ndarray, target_valid: np.ndarray, input_valid: np.ndarray, byte_lut: np.ndarray) -> dict:
     x = torch.from_numpy(window[:-1].astype(np.int64))
     y = torch.from_numpy(window[1:].astype(np.int64))
     valid = torch.from_numpy(target_valid)
-    labels = torch.where(valid, y, IGNORE)
+    labels = torch.where(valid, y, IGNORE_INDEX)
     target_bytes = torch.from_numpy(byte_lut[window[1:]].astype(np.int64)) * valid
     return {
         "input_ids": x,

@@ -1,0 +1,210 @@
+"""The model contract: what every family of the zoo provides, written down once.
+
+A family is a plain ``nn.Module`` subclass of :class:`LanguageModel`, registered under a name
+with :func:`register_model`::
+
+    from zoo.models import LanguageModel, register_model
+
+    @register_model("bigram", description="A table of next-token logits per token.")
+    class Bigram(LanguageModel):
+        def __init__(self, vocab_size: int, n_ctx: int, scale: float = 1.0) -> None:
+            super().__init__()
+            self.n_ctx = n_ctx
+            self.table = nn.Embedding(vocab_size, vocab_size)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.table(input_ids)
+
+``model.family=bigram`` then works in every recipe, command and API (``zoo.fit``,
+``zoo.evaluate``, ``zoo.create_model``, model cards). The constructor takes ``vocab_size``
+and ``n_ctx`` and then the family's own options, the keys of the ``model:`` config section.
+
+Everything else the shared code asks of a model is an attribute or method here, with a
+default that fits a plain causal LM; a family overrides only what differs:
+
+* :meth:`LanguageModel.forward_batch` — logits for a DataModule batch (the EACD's encoder
+  also reads the batch's ``labels``);
+* :attr:`LanguageModel.side_bits_per_sequence` — bits of side information the model gets
+  per sequence, which an honest bits-per-byte charges (the EACD's stored vector);
+* :attr:`LanguageModel.block_classes` — the repeated blocks (the units FSDP shards);
+* :attr:`LanguageModel.can_generate` — whether sampling text from the model makes sense;
+* :attr:`LanguageModel.description` / :attr:`LanguageModel.card_note` — text for model cards;
+* :meth:`LanguageModel.summarize` — a one-line description of a configured model;
+* :meth:`LanguageModel.transformers_model` — the ``transformers`` model inside, if there is
+  one (export to a plain ``transformers`` folder, generation with its KV cache);
+* :meth:`LanguageModel.forward_flops_per_token` — the FLOP count behind MFU;
+* :meth:`LanguageModel.auxiliary_loss` — extra training losses its layers produce (e.g. the
+  load-balancing loss of mixture-of-experts layers, :class:`AuxiliaryLossLayer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from zoo.errors import unknown
+
+
+@runtime_checkable
+class AuxiliaryLossLayer(Protocol):
+    """A layer that leaves an auxiliary training loss behind after each forward pass (already
+    weighted; ``None`` when it has none), e.g. :class:`zoo.models.moe.MoEFeedForward`."""
+
+    aux_loss: Tensor | None
+
+
+@runtime_checkable
+class SparseLayer(Protocol):
+    """A layer of which only part of the parameters is used per token (routed experts)."""
+
+    def inactive_parameters(self) -> int:
+        """Parameters a token does not use (counted in ``total``, not in ``active``)."""
+        ...
+
+
+class LanguageModel(nn.Module):
+    """Base class of every zoo family: ``model(input_ids [B, T], attention_mask [B, T]) ->
+    logits [B, T, V]``, plus the declarations below (module docstring).
+
+    ``attention_mask`` is 1 at tokens and 0 at pads; a family must give a padded row the
+    same logits at its real tokens as the unpadded row (the left-padded layout relies on it).
+    """
+
+    #: the name the family is registered under (set by :func:`register_model`)
+    family: ClassVar[str] = ""
+    #: one or two sentences for model cards and ``python -m zoo.models``
+    description: ClassVar[str] = ""
+    #: how to read the family's numbers, printed under a card's metrics ("" for none)
+    card_note: ClassVar[str] = ""
+    #: whether sampling continuations is meaningful (False for models that read their targets)
+    can_generate: ClassVar[bool] = True
+    #: the repeated blocks: what FSDP shards one unit at a time (empty: shard the whole model)
+    block_classes: tuple[type[nn.Module], ...] = ()
+    #: bits of side information the model receives for free per sequence (an honest rate adds them)
+    side_bits_per_sequence: float = 0.0
+    #: tokens per sample the model was built for
+    n_ctx: int
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward_batch(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Next-token logits ``[B, T, V]`` for a batch of the shared DataModule (``input_ids``,
+        ``attention_mask``, ``labels``, ...). Override when the model reads more than the inputs."""
+        return self(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+
+    def transformers_model(self) -> Any | None:
+        """The ``transformers`` ``PreTrainedModel`` this model is (for ``zoo.export`` and
+        KV-cached generation); ``None``: the family is not a ``transformers`` model."""
+        return None
+
+    def forward_flops_per_token(self, n_ctx: int) -> float | None:
+        """Forward FLOPs per input token at context ``n_ctx``; ``None`` (the default): count
+        the model's layers over ``n_ctx`` positions (:func:`zoo.models.flops.forward_flops`).
+        Override when the model runs other positions than its inputs."""
+        return None
+
+    @classmethod
+    def summarize(cls, options: Mapping[str, Any]) -> str:
+        """One line for cards and listings of a model built with the ``model:`` ``options``."""
+        size = f" d={options['d_model']} x {options['n_layers']}" if {"d_model", "n_layers"} <= set(options) else ""
+        return f"{cls.family}{size}"
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The sum of the auxiliary losses its layers left in the last forward (``None``: none)."""
+        return auxiliary_loss(self)
+
+
+def auxiliary_loss(model: nn.Module) -> Tensor | None:
+    """Sum of every :class:`AuxiliaryLossLayer`'s loss from the last forward (``None``: none).
+
+    Works on any module (an adapter-wrapped model too), so callers need not unwrap."""
+    losses = [m.aux_loss for m in model.modules()
+              if isinstance(m, AuxiliaryLossLayer) and m is not model and m.aux_loss is not None]
+    return torch.stack(losses).sum() if losses else None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """``total``, ``trainable`` and ``active`` (used per token: all but unrouted experts)."""
+    total = count_parameters(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    inactive = sum(m.inactive_parameters() for m in model.modules() if isinstance(m, SparseLayer))
+    return {"total": total, "trainable": trainable, "active": total - inactive}
+
+
+# ------------------------------------------------------------------ the family registry
+
+#: family name -> its class
+_FAMILIES: dict[str, type[LanguageModel]] = {}
+
+
+def register_model(
+    name: str, *, description: str | None = None, card_note: str | None = None
+) -> Callable[[type[LanguageModel]], type[LanguageModel]]:
+    """Class decorator: make ``model.family=name`` build this :class:`LanguageModel`.
+
+    ``description`` and ``card_note`` set the class's card texts (else its own attributes,
+    else the first paragraph of its docstring). Registering a taken name is an error, so a
+    plug-in cannot silently replace a built-in family.
+    """
+
+    def decorate(cls: type[LanguageModel]) -> type[LanguageModel]:
+        if not (isinstance(cls, type) and issubclass(cls, LanguageModel)):
+            raise TypeError(f"@register_model({name!r}) needs a LanguageModel subclass; got {cls!r}")
+        if name in _FAMILIES and _FAMILIES[name] is not cls:
+            raise ValueError(f"model family {name!r} is already registered ({_FAMILIES[name].__qualname__})")
+        cls.family = name
+        if description is not None:
+            cls.description = description
+        elif not cls.__dict__.get("description"):
+            cls.description = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        if card_note is not None:
+            cls.card_note = card_note
+        _FAMILIES[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_families() -> list[str]:
+    """Names accepted as ``model.family``."""
+    return sorted(_FAMILIES)
+
+
+def family_class(name: str) -> type[LanguageModel]:
+    """The class registered as ``name`` (a one-line error listing the families otherwise)."""
+    if name not in _FAMILIES:
+        raise unknown("model family", str(name), _FAMILIES)
+    return _FAMILIES[name]
+
+
+def family_of(model: nn.Module) -> type[LanguageModel] | None:
+    """The :class:`LanguageModel` class inside ``model`` (itself, or the model an adapter
+    wraps); ``None`` for a module that is not a zoo model."""
+    for module in model.modules():
+        if isinstance(module, LanguageModel):
+            return type(module)
+    return None
+
+
+def family_options(name: str) -> list[str]:
+    """The ``model:`` options of family ``name`` (its constructor's keywords)."""
+    import inspect
+
+    params = inspect.signature(family_class(name)).parameters
+    return [p for p in params if p not in ("self", "vocab_size", "n_ctx")]
+
+
+def describe_family(name: str) -> dict[str, Any]:
+    """What a card or listing says about family ``name``."""
+    cls = family_class(name)
+    return {"family": name, "description": cls.description, "card_note": cls.card_note,
+            "can_generate": cls.can_generate}
