@@ -55,6 +55,9 @@ def vector_stats(path: str, max_batches: int | None) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
     modes = opts.pop("modes", MODES)
     max_batches = int(opts.pop("max_batches")) if "max_batches" in opts else None

@@ -17,14 +17,8 @@ from zoo.evaluate import evaluate_quantized
 from zoo.lit.language_model import LanguageModelTask
 from zoo.models.eacd import NOISE_PLACES, EncoderAugmentedDecoder
 from zoo.models.noise import DEFAULT_Q, UniformNoise
-from zoo.quantize import (
-    VECTOR_FORMATS,
-    default_modes,
-    get_vector_format,
-    parse_mode,
-    quantize_weights,
-    store_vector,
-)
+from zoo.models.vector_formats import VECTOR_FORMATS, get_vector_format, store_vector
+from zoo.quantize import default_modes, parse_mode, quantize_weights
 from zoo.recipes import compose
 from zoo.training import train
 

@@ -49,11 +49,9 @@ def test_cfg_job_shows_every_option_with_its_default(tmp_path) -> None:
     shown = yaml.safe_load(proc.stdout)
     flat = leaves(shown)
     expected = leaves(schema.defaults())
-    for key in schema.keys():  # every key of the schema is printed (a section off by default: as null) ...
+    for key in schema.keys():  # every key of the schema is printed ...
         node: object = shown
         for part in key.split("."):
-            if node is None and key.split(".")[0] in ("entropy", "weight_entropy"):
-                break
             assert isinstance(node, dict) and part in node, f"--cfg job lacks {key}"
             node = node[part]
     for key, default in expected.items():  # ... each with its default (or quickstart's value)
@@ -61,7 +59,8 @@ def test_cfg_job_shows_every_option_with_its_default(tmp_path) -> None:
             continue
         assert flat[key] == QUICKSTART.get(key, default), key
     assert shown["loss"] == {"kind": "ce", "alpha": 2.5}
-    assert shown["entropy"] is None and shown["weight_entropy"] is None
+    assert shown["entropy"] == {"estimates": None, "train_documents": None}  # off
+    assert shown["weight_entropy"] == {"every_n_steps": None, "bins": 256, "plot": True}  # off
     assert shown["trainer"]["max_steps"] == 300 and shown["model"]["family"] == "llama"
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
 
@@ -173,11 +172,11 @@ def test_good_overrides_pass() -> None:
     assert cfg.optim.min_lr_ratio == 0 and cfg.trainer.max_steps == -1 and list(cfg.report.splits) == ["val"]
 
 
-def test_a_key_of_a_null_section_turns_it_on() -> None:
-    """``entropy`` and ``weight_entropy`` are null (off); setting one of their keys needs no '+'."""
+def test_setting_a_key_turns_an_optional_section_on() -> None:
+    """``entropy`` and ``weight_entropy`` are off until one of their keys is set (no '+' needed)."""
     cfg = compose("quickstart", ["entropy.train_documents=500", "weight_entropy.every_n_steps=10"])
-    assert OmegaConf.to_container(cfg.entropy) == {"train_documents": 500}
-    assert OmegaConf.to_container(cfg.weight_entropy) == {"every_n_steps": 10}
+    assert OmegaConf.to_container(cfg.entropy) == {"estimates": None, "train_documents": 500}
+    assert OmegaConf.to_container(cfg.weight_entropy) == {"every_n_steps": 10, "bins": 256, "plot": True}
     cfg = compose("entropy_ce", ["entropy.train_documents=100"])  # already on: a plain override
     assert cfg.entropy.train_documents == 100 and cfg.entropy.estimates is None
 

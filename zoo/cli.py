@@ -12,9 +12,10 @@ overrides into the ``data:`` section a :class:`~zoo.data.datamodule.TextDataModu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +24,32 @@ from zoo.errors import ZooError, unknown
 HELP = ("-h", "--help", "help")
 
 
-def run_command(body: Callable[[list[str]], Any], doc: str | None, argv: Sequence[str] | None = None,
-                *, help_when_empty: bool = True, interrupt_note: str | None = None) -> None:
-    """Run a command's ``body(argv)`` with the shared conventions (module docstring).
-
-    ``help_when_empty``: no arguments prints the help (for commands that need some).
-    ``interrupt_note``: what Ctrl-C leaves behind, printed instead of a traceback (exit 130).
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if (help_when_empty and not args) or (args and args[0] in HELP):
-        print(doc or "")
-        return
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Inside: a :class:`ZooError` prints one ``error: ...`` line on stderr and exits with 2."""
     try:
-        body(args)
+        yield
     except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_command(body: Callable[[list[str]], Any], doc: str | Callable[[], str] | None,
+                argv: Sequence[str] | None = None, *, help_when_empty: bool = True,
+                interrupt_note: str | None = None) -> None:
+    """Run a command's ``body(argv)`` with the shared conventions (module docstring).
+
+    ``doc``: the help text (or a function that makes it). ``help_when_empty``: no arguments
+    prints the help (for commands that need some). ``interrupt_note``: what Ctrl-C leaves
+    behind, printed instead of a traceback (exit 130).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if (help_when_empty and not args) or (args and args[0] in HELP):
+        print((doc() if callable(doc) else doc) or "")
+        return
+    try:
+        with user_errors():
+            body(args)
     except KeyboardInterrupt:
         if interrupt_note is None:
             raise

@@ -23,46 +23,42 @@ The work is in :mod:`zoo.hub.export`; this module only reads the command line.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 OPTIONS = ("out", "dtype", "overwrite")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m zoo.export``: parse the arguments, run :func:`zoo.hub.export.export`; a
-    :class:`~zoo.errors.ZooError` prints ``error: ...`` and exits 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
+def _main(argv: list[str]) -> None:
     import torch
 
     from zoo.cli import key_values
     from zoo.errors import ZooError, unknown
     from zoo.hub.export import export
 
-    try:
-        name, rest = argv[0], argv[1:]
-        if "=" in name:
-            raise ZooError("usage: python -m zoo.export NAME [out=FOLDER] [dtype=float32|bfloat16] [overwrite=true]")
-        args = key_values(rest, OPTIONS)
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-        dtype = args.get("dtype", "float32")
-        if dtype not in dtypes:
-            raise unknown("dtype", dtype, dtypes)
-        overwrite = args.get("overwrite", "false").lower()
-        if overwrite not in ("true", "false", "1", "0", "yes", "no"):
-            raise ZooError(f"overwrite={args['overwrite']}: use true or false")
-        out = export(name, args.get("out") or Path("exported") / Path(name).name, dtype=dtypes[dtype],
-                     overwrite=overwrite in ("true", "1", "yes"))
-        files = ", ".join(sorted(p.name for p in out.iterdir()))
-        print(f"wrote {out}: {files}")
-        print(f"load it with: AutoModelForCausalLM.from_pretrained('{out}'), AutoTokenizer.from_pretrained('{out}')")
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    name, rest = argv[0], argv[1:]
+    if "=" in name:
+        raise ZooError("usage: python -m zoo.export NAME [out=FOLDER] [dtype=float32|bfloat16] [overwrite=true]")
+    args = key_values(rest, OPTIONS)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    dtype = args.get("dtype", "float32")
+    if dtype not in dtypes:
+        raise unknown("dtype", dtype, dtypes)
+    overwrite = args.get("overwrite", "false").lower()
+    if overwrite not in ("true", "false", "1", "0", "yes", "no"):
+        raise ZooError(f"overwrite={args['overwrite']}: use true or false")
+    out = export(name, args.get("out") or Path("exported") / Path(name).name, dtype=dtypes[dtype],
+                 overwrite=overwrite in ("true", "1", "yes"))
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"wrote {out}: {files}")
+    print(f"load it with: AutoModelForCausalLM.from_pretrained('{out}'), AutoTokenizer.from_pretrained('{out}')")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m zoo.export``: parse the arguments, run :func:`zoo.hub.export.export`."""
+    from zoo.cli import run_command
+
+    run_command(_main, __doc__, argv)
 
 
 if __name__ == "__main__":

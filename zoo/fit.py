@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from zoo.cli import run_command, user_errors
 from zoo.errors import ZooError
 from zoo.recipes import (
     GROUPS,
@@ -84,27 +85,22 @@ def parse_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
     return recipe, overrides, flags
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if not argv or argv[0] in ("-h", "--help", "help", "list"):
-            print(usage())
-            return
-        recipe, overrides, flags = parse_argv(argv)
-        if recipe is None:
-            raise ZooError(f"no recipe given; write recipe=NAME with one of: {', '.join(list_recipes())}")
-        hydra_overrides = [o for o in overrides if o.startswith("hydra.")]
-        # every check (names, keys, types, ranges) before any data is read or torch imported
-        cfg, user = compose_overrides(recipe, [o for o in overrides if not o.startswith("hydra.")])
-        overrides = [*user, *hydra_overrides]
-        extra = []
-        if cfg.get("resume") == "auto" and not any(o.startswith("hydra.run.dir=") for o in overrides):
-            prev = latest_run_dir(cfg)
-            if prev is not None:
-                extra.append(f"hydra.run.dir={prev}")
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+def _main(argv: list[str]) -> None:
+    if argv[0] == "list":
+        print(usage())
+        return
+    recipe, overrides, flags = parse_argv(argv)
+    if recipe is None:
+        raise ZooError(f"no recipe given; write recipe=NAME with one of: {', '.join(list_recipes())}")
+    hydra_overrides = [o for o in overrides if o.startswith("hydra.")]
+    # every check (names, keys, types, ranges) before any data is read or torch imported
+    cfg, user = compose_overrides(recipe, [o for o in overrides if not o.startswith("hydra.")])
+    overrides = [*user, *hydra_overrides]
+    extra = []
+    if cfg.get("resume") == "auto" and not any(o.startswith("hydra.run.dir=") for o in overrides):
+        prev = latest_run_dir(cfg)
+        if prev is not None:
+            extra.append(f"hydra.run.dir={prev}")
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -113,14 +109,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         from zoo.training import train  # heavy imports (torch, Lightning) only once input is valid
 
         logging.getLogger("zoo").setLevel(logging.INFO)
-        try:
+        with user_errors():  # raised inside Hydra's job: say it in one line here
             train(cfg, Path(HydraConfig.get().runtime.output_dir))
-        except ZooError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
 
     sys.argv = [sys.argv[0], f"--config-name={recipe}", *flags, *overrides, *extra]
     hydra.main(config_path=str(recipes_dir()), config_name=None, version_base="1.3")(run)()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_command(_main, usage, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ publish says so, and ``tests/test_zoo_table.py`` fails until it is pasted in.
 Usage (all ``key=value``):
   python -m zoo.publish run=runs/quickstart/<time> name=llama-edu
   python -m zoo.publish name=llama-edu          # (re)publish checkpoints/llama-edu in place
-  python -m zoo.publish table                   # only regenerate docs/zoo.md (the old name `readme` works too)
+  python -m zoo.publish table                   # only regenerate docs/zoo.md
   python -m zoo.publish verify                  # check every published folder against the manifest
   python -m zoo.publish recard [NAME ...]       # re-render cards from metrics.json (no re-evaluation)
 
@@ -29,60 +29,56 @@ Options:
   eval=edu,math      data groups (recipes/data) whose val split is scored
   check_batches=2    the quick check recorded for tests: this many val batches of the model's own data
   description=TEXT   one line for the card and the tables
-  table=true         regenerate docs/zoo.md afterwards (readme= is the old name of this option)
+  table=true         regenerate docs/zoo.md afterwards
 
 The work is in :mod:`zoo.hub.publish`; this module only reads the command line.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 OPTIONS = ("run", "name", "precision", "precision_reason", "bf16_tolerance", "eval", "check_batches", "description",
-           "table", "readme")
+           "table")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m zoo.publish``: parse the arguments, run :mod:`zoo.hub.publish`; a
-    :class:`~zoo.errors.ZooError` prints ``error: ...`` and exits 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    from zoo.cli import key_values
+def _main(argv: list[str]) -> None:
+    from zoo.cli import key_values, number
     from zoo.errors import ZooError
     from zoo.hub.manifest import read_manifest
     from zoo.hub.publish import BF16_TOLERANCE, publish, recard, update_zoo_page, verify_all
 
-    try:
-        if argv in (["table"], ["readme"]):
-            update_zoo_page()
-            return
-        if argv and argv[0] == "recard":
-            for name in argv[1:] or read_manifest()["models"]:
-                recard(name)
-            return
-        if argv == ["verify"]:
-            raise SystemExit(1 if verify_all() else 0)
-        bad = [a for a in argv if "=" not in a]
-        if bad:
-            raise ZooError(f"arguments are key=value (or one of: table, verify, recard); got {bad[0]!r}")
-        args = key_values(argv, OPTIONS)
-        if "name" not in args:
-            raise ZooError("name=NAME is required (the published name, e.g. name=mixer-edu)")
-        table = args.get("table", args.get("readme", "true"))
-        publish(
-            args["name"], run=args.get("run"), precision=args.get("precision", "auto"),
-            bf16_tolerance=float(args.get("bf16_tolerance", BF16_TOLERANCE)),
-            eval_data=[d for d in args.get("eval", "edu,math").split(",") if d],
-            check_batches=int(args.get("check_batches", 2)), description=args.get("description", ""),
-            table=table.lower() not in ("false", "0", "no"),
-            precision_reason=args.get("precision_reason", ""),
-        )
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    if argv == ["table"]:
+        update_zoo_page()
+        return
+    if argv and argv[0] == "recard":
+        for name in argv[1:] or read_manifest()["models"]:
+            recard(name)
+        return
+    if argv == ["verify"]:
+        raise SystemExit(1 if verify_all() else 0)
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ZooError(f"arguments are key=value (or one of: table, verify, recard); got {bad[0]!r}")
+    args = key_values(argv, OPTIONS)
+    if "name" not in args:
+        raise ZooError("name=NAME is required (the published name, e.g. name=mixer-edu)")
+    table = args.get("table", "true")
+    publish(
+        args["name"], run=args.get("run"), precision=args.get("precision", "auto"),
+        bf16_tolerance=number(args, "bf16_tolerance", BF16_TOLERANCE, float, minimum=0),
+        eval_data=[d for d in args.get("eval", "edu,math").split(",") if d],
+        check_batches=number(args, "check_batches", 2, minimum=1), description=args.get("description", ""),
+        table=table.lower() not in ("false", "0", "no"),
+        precision_reason=args.get("precision_reason", ""),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m zoo.publish``: parse the arguments, run :mod:`zoo.hub.publish`."""
+    from zoo.cli import run_command
+
+    run_command(_main, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Two independent axes, combined in an evaluation *mode* such as ``int8+vec:fp8_e4
   per vector with a float16 scale). Float casts saturate at the format's largest finite value
   (as a stored vector would) instead of overflowing to inf/NaN. The vector's honest cost
   follows the format: ``d_c × bits + overhead`` bits per sequence
-  (:meth:`VectorFormat.bits_per_vector`; ``int8`` pays 16 bits for its scale).
+  (:meth:`zoo.models.vector_formats.VectorFormat.bits_per_vector`; ``int8`` pays 16 bits for its scale).
 
 The vector formats themselves live with the model that uses them
 (:mod:`zoo.models.vector_formats`); this module applies them in evaluation modes.

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from zoo import schema
+import zoo.schema as schema
 from zoo.errors import ZooError, did_you_mean, unknown
 
 #: config groups a recipe composes (folders of recipes/), besides ``base``

@@ -132,7 +132,7 @@ class LossOptions:
 
 @dataclass
 class EntropyOptions:
-    """``entropy:`` (null: off): per-token estimates in the batches and/or a document budget."""
+    """``entropy:`` (on when either key is set): per-token estimates in the batches and/or a document budget."""
 
     estimates: str | None = option(None)  # a folder written by python -m zoo.entropy estimate
     train_documents: int | None = option(None, gt=0)
@@ -140,9 +140,9 @@ class EntropyOptions:
 
 @dataclass
 class WeightEntropyOptions:
-    """``weight_entropy:`` (null: off): the ``zoo.entropy.weights.WeightEntropy`` callback."""
+    """``weight_entropy:`` (on when ``every_n_steps`` is set): the ``zoo.entropy.weights.WeightEntropy`` callback."""
 
-    every_n_steps: int = option(50, gt=0)
+    every_n_steps: int | None = option(None, gt=0)  # null: off
     bins: int = option(256, ge=2)
     plot: bool = option(True)
 
@@ -163,8 +163,8 @@ class ZooConfig:
     nonfinite: str = option("stop", choices=NONFINITE_ACTIONS)
     report: ReportOptions = section(ReportOptions)
     loss: LossOptions = section(LossOptions)
-    entropy: EntropyOptions | None = option(None)
-    weight_entropy: WeightEntropyOptions | None = option(None)
+    entropy: EntropyOptions | None = section(EntropyOptions)
+    weight_entropy: WeightEntropyOptions | None = section(WeightEntropyOptions)
     # open sections: they vary by config group
     trainer: dict[str, Any] = option({})
     model: dict[str, Any] = option({})

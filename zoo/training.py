@@ -167,10 +167,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if config["model"].get("adapter") is not None and not config.get("init_from"):
         raise ZooError("model.adapter trains an adapter on a trained model: set init_from=PATH (its folder or .ckpt)")
     data_cfg = dict(config["data"])
-    if config.get("entropy"):  # estimates in the batches and/or a document budget (zoo.entropy)
+    entropy = {k: v for k, v in (config.get("entropy") or {}).items() if v is not None}
+    if entropy:  # estimates in the batches and/or a document budget (zoo.entropy)
         from zoo.entropy.data import EntropyDataModule
 
-        dm = EntropyDataModule(seed=config["seed"], entropy=config["entropy"], **data_cfg)
+        dm = EntropyDataModule(seed=config["seed"], entropy=entropy, **data_cfg)
     else:
         dm = TextDataModule(seed=config["seed"], prepare_command=prepare_command(config), **data_cfg)
     dm.prepare_data()
@@ -213,10 +214,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             batch_size_fn=lambda b: b["input_ids"].shape[0], length_fn=lambda b: b["input_ids"].numel(),
             steps=20, log_every_n_steps=int(config["trainer"].get("log_every_n_steps") or 50),
         ))
-    if config.get("weight_entropy"):  # per-layer weight entropy over training + a PNG (zoo.entropy.weights)
+    weight_entropy = dict(config.get("weight_entropy") or {})
+    if weight_entropy.get("every_n_steps"):  # per-layer weight entropy over training + a PNG (zoo.entropy.weights)
         from zoo.entropy.weights import WeightEntropy
 
-        callbacks.append(WeightEntropy(out_dir=run_dir, **config["weight_entropy"]))
+        callbacks.append(WeightEntropy(out_dir=run_dir, **weight_entropy))
     trainer_cfg = dict(config["trainer"])
     vci, max_steps = trainer_cfg.get("val_check_interval"), trainer_cfg.get("max_steps", -1)
     if isinstance(vci, int) and 0 < max_steps < vci:  # validate (and keep a best checkpoint) at least once

@@ -24,7 +24,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
 from zoo.data import cache, prepare
-from zoo.data.layouts import LAYOUTS, LeftPaddedDataset, MixtureDataset, PackedDataset
+from zoo.data.layouts import LeftPaddedDataset, MixtureDataset, PackedDataset
 from zoo.data.sharding import EvalShardSampler, GlobalBatchSampler, dist_info
 from zoo.data.sources import SPLITS, Source, build_source
 from zoo.data.streaming import (
@@ -43,7 +43,7 @@ from zoo.data.tokenizer import (
     train_bpe,
 )
 from zoo.errors import ZooError
-from zoo.schema import DEFAULT_VOCAB_SIZE
+from zoo.schema import DEFAULT_VOCAB_SIZE, LAYOUTS
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata calls a deprecated torch API

@@ -32,9 +32,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
-from zoo.data.layouts import LAYOUTS, sample_from_window
+from zoo.data.layouts import sample_from_window
 from zoo.data.sources import COMMON_OPTIONS, Source, Unit, split_of
 from zoo.data.tokenizer import EOT
+from zoo.schema import LAYOUTS
 
 
 class HeldOutSlice(Source):

@@ -135,18 +135,13 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str | N
 
     steps = [h["step"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    ax = axes[0]
-    for name in history[0]["layers"]:
-        ax.plot(steps, [h["layers"][name]["hist"] for h in history], lw=0.6, alpha=0.45)
-    ax.plot(steps, [h["hist"] for h in history], color="black", lw=2.2, label="all weights")
-    ax.set(xlabel="step", ylabel="bits / weight", title="256-bin histogram entropy (thin: layers)")
-    ax.legend()
-    ax = axes[1]
-    for name in history[0]["layers"]:
-        ax.plot(steps, [h["layers"][name]["gauss"] for h in history], lw=0.6, alpha=0.45)
-    ax.plot(steps, [h["gauss"] for h in history], color="black", lw=2.2, label="all weights")
-    ax.set(xlabel="step", ylabel="bits / weight", title="Gaussian differential entropy ½log₂(2πeσ²)")
-    ax.legend()
+    panels = (("hist", "256-bin histogram entropy (thin: layers)"), ("gauss", "Gaussian differential entropy ½log₂(2πeσ²)"))
+    for ax, (key, title) in zip(axes[:2], panels, strict=True):
+        for name in history[0]["layers"]:
+            ax.plot(steps, [h["layers"][name][key] for h in history], lw=0.6, alpha=0.45)
+        ax.plot(steps, [h[key] for h in history], color="black", lw=2.2, label="all weights")
+        ax.set(xlabel="step", ylabel="bits / weight", title=title)
+        ax.legend()
     ax = axes[2]
     pts = [(h["step"], h["loss"]) for h in history if h["loss"] is not None]
     if pts:

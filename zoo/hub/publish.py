@@ -122,14 +122,14 @@ def fit_command(run: Mapping[str, Any], run_dir: Path | None) -> tuple[str, str]
         recipe = str(run.get("name"))
         if recipe not in list_recipes():
             return f"python -m zoo.fit  # recipe '{recipe}' not found; the full config is in config.yaml", ""
-        base = OmegaConf_to_dict(compose(recipe))
+        base = config_dict(compose(recipe))
         fr = _flatten(run)
         overrides = [f"{k}={_hydra_value(fr[k])}" for k in _same_training(run, base) if k in fr]
     overrides = [o for o in overrides if not o.split("=", 1)[0].lstrip("+").startswith(_IGNORED_KEYS)]
     command = " ".join(["python -m zoo.fit", f"recipe={recipe}", *overrides])
     note = ""
     try:
-        now = OmegaConf_to_dict(compose(recipe, overrides))
+        now = config_dict(compose(recipe, overrides))
         fr, fn = _flatten(run), _flatten(now)
         differs = _same_training(run, now)
     except ZooError as e:
@@ -149,7 +149,8 @@ def fit_command(run: Mapping[str, Any], run_dir: Path | None) -> tuple[str, str]
     return command, note
 
 
-def OmegaConf_to_dict(cfg: Any) -> dict[str, Any]:  # noqa: N802 - reads like the call it wraps
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A composed config as plain data, interpolations resolved."""
     from omegaconf import OmegaConf
 
     out = OmegaConf.to_container(cfg, resolve=True)

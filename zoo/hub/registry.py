@@ -193,12 +193,7 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
     """
     info = model_info(name)
     if pretrained:
-        if not info.pretrained:
-            published = list_models(pretrained=True)
-            raise ZooError(
-                f"'{name}' is a model config with no trained weights; use create_model('{name}') "
-                f"for a randomly initialised one, or a published model: {', '.join(published) or 'none yet'}"
-            )
+        _require_weights(info)
         if overrides:
             raise ZooError(
                 f"create_model('{name}', pretrained=True) takes no overrides ({', '.join(overrides)}): "
@@ -209,6 +204,16 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
     vocab_size = int(overrides.pop("vocab_size", info.vocab_size))
     n_ctx = int(overrides.pop("n_ctx", info.n_ctx))
     return build_model(_merge(info.model, overrides), vocab_size, n_ctx)
+
+
+def _require_weights(info: ModelInfo) -> None:
+    """Refuse a model config where trained weights are asked for, naming what exists."""
+    if not info.pretrained:
+        published = list_models(pretrained=True)
+        raise ZooError(
+            f"'{info.name}' is a model config with no trained weights; zoo.create_model('{info.name}') builds "
+            f"it randomly initialised; published models: {', '.join(published) or 'none yet'}"
+        )
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path | None:
@@ -234,12 +239,7 @@ def load(name_or_path: str | os.PathLike, verify: bool = True) -> tuple[nn.Modul
         info = reg.get(name)
         if info is None:
             raise _unknown(name, list(reg))
-        if not info.pretrained:
-            published = list_models(pretrained=True)
-            raise ZooError(
-                f"'{name}' is a model config with no trained weights; zoo.create_model('{name}') builds "
-                f"it randomly initialised; published models: {', '.join(published) or 'none yet'}"
-            )
+        _require_weights(info)
         if verify:
             verify_manifest(name)
         path = info.path

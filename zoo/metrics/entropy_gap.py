@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from zoo.metrics.language import add_sums
+
 
 class EntropyGap(Metric):
     """Mean ``CE_i - H_i`` in nats over the scored tokens that have an estimate.
@@ -26,8 +28,7 @@ class EntropyGap(Metric):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("gap_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("tokens", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        add_sums(self, gap_sum=torch.float64, tokens=torch.int64)
 
     def update(self, nll: Tensor, entropy: Tensor, mask: Tensor | None = None) -> None:
         """``nll`` ``[N]`` nats, ``entropy`` with ``N`` values (NaN = none), ``mask`` scored."""

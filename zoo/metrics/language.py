@@ -239,6 +239,13 @@ def _count(values: Tensor, mask: Tensor | None) -> Tensor:
     return mask.sum().to(torch.int64)
 
 
+def add_sums(metric: Metric, **dtypes: torch.dtype) -> None:
+    """Register scalar running sums on ``metric`` (float64 for losses, int64 for counts),
+    reduced by summing across processes, so ``compute()`` is the value over all ranks."""
+    for name, dtype in dtypes.items():
+        metric.add_state(name, torch.zeros((), dtype=dtype), dist_reduce_fx="sum")
+
+
 class TokenMetric(Metric):
     """Base of the zoo's language-model metrics: sum states, DDP-reduced by ``"sum"``.
 
@@ -282,9 +289,7 @@ class BitsPerByte(TokenMetric):
                 f"(e.g. n_p * b_p = 64 * 4 = 256), got {extra_bits_per_sequence!r}"
             )
         self.extra_bits_per_sequence = extra
-        self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("bytes_sum", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("sequences", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        add_sums(self, nll_sum=torch.float64, bytes_sum=torch.int64, sequences=torch.int64)
 
     def update(
         self,
@@ -338,8 +343,7 @@ class CrossEntropy(TokenMetric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("tokens", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        add_sums(self, nll_sum=torch.float64, tokens=torch.int64)
 
     def update(self, nll: Tensor, mask: Tensor | None = None) -> None:
         """Accumulate ``[N]`` per-token NLL in nats (entries outside ``mask`` ignored)."""
@@ -392,9 +396,7 @@ class PredictiveEntropy(TokenMetric):
                 f"unknown entropy unit {unit!r}; allowed: {', '.join(map(repr, ENTROPY_UNITS))}"
             )
         self.unit = unit
-        self.add_state("entropy_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("tokens", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("bytes_sum", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        add_sums(self, entropy_sum=torch.float64, tokens=torch.int64, bytes_sum=torch.int64)
 
     def update(
         self, entropy: Tensor, target_bytes: Tensor | None = None, mask: Tensor | None = None

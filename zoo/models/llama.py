@@ -18,19 +18,9 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from zoo.models.base import LanguageModel, register_model
 
 
-def llama_config(
-    vocab_size: int,
-    n_ctx: int,
-    d_model: int,
-    n_layers: int,
-    n_heads: int,
-    n_kv_heads: int | None = None,
-    d_ff: int | None = None,
-    rope_theta: float = 10000.0,
-    dropout: float = 0.0,
-    tie_embeddings: bool = False,
-    init_std: float = 0.02,
-) -> LlamaConfig:
+def llama_config(vocab_size: int, n_ctx: int, d_model: int, n_layers: int, n_heads: int,
+                 n_kv_heads: int | None = None, d_ff: int | None = None, rope_theta: float = 10000.0,
+                 dropout: float = 0.0, tie_embeddings: bool = False, init_std: float = 0.02) -> LlamaConfig:
     """The ``LlamaConfig`` every Llama-based model of the zoo is built from (no hub).
 
     One place for the zoo's conventions (pad id 1, end-of-text id 0, no BOS, no KV cache),

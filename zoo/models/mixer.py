@@ -38,21 +38,11 @@ class MaskedMixerLM(LanguageModel):
             ``None``: dense.
     """
 
-    #: the repeated block: the unit FSDP shards (``trainer.strategy=fsdp`` / ``fsdp2``)
-    block_classes = (MixerBlock,)
+    block_classes = (MixerBlock,)  # what FSDP shards, one unit per block
 
-    def __init__(
-        self,
-        vocab_size: int,
-        n_ctx: int,
-        d_model: int = 256,
-        n_layers: int = 4,
-        kernel: int = 1,
-        heads: int = 1,
-        tie_embeddings: bool = False,
-        init_std: float | None = None,
-        moe: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, vocab_size: int, n_ctx: int, d_model: int = 256, n_layers: int = 4, kernel: int = 1,
+                 heads: int = 1, tie_embeddings: bool = False, init_std: float | None = None,
+                 moe: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.n_ctx = n_ctx
         self.embed = nn.Embedding(vocab_size, d_model)
