@@ -79,6 +79,21 @@ def number(args: Mapping[str, Any], key: str, default: Any, kind: type = int,
     return kind(value)
 
 
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def flag(args: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """``args[key]`` as a bool (``true``/``false``, ``1``/``0``, ``yes``/``no``); a one-line
+    :class:`ZooError` naming the key for anything else."""
+    value = args.get(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE or text in FALSE:
+        return text in TRUE
+    raise ZooError(f"{key} must be true or false, got {value!r}")
+
+
 def emit(result: Any, text: str, target: str | None) -> None:
     """Print ``text`` (or, for ``json=-``, the JSON of ``result``); ``json=PATH`` also writes it."""
     if target == "-":

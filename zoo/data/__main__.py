@@ -26,8 +26,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from zoo.cli import key_values, number, run_command
-from zoo.errors import ZooError
+from zoo.cli import flag, key_values, number, run_command
+from zoo.errors import ZooError, unknown
 
 OPTIONS = ("recipe", "data", "num_proc", "node_rank", "num_nodes", "verify", "seed")
 
@@ -69,14 +69,28 @@ def _main(argv: list[str]) -> None:
     args: dict[str, Any] = {k: v for k, v in parsed.items() if k != "data"}
     args["data"] = raw.get("data")
     args["data_overrides"] = parsed.get("data") if isinstance(parsed.get("data"), dict) else None
-    data, seed = data_config(args, rest)
+    # every option is checked as typed before any work
+    if "recipe" in raw:
+        from zoo.recipes import check_recipe
+
+        check_recipe(raw["recipe"])
+    if "data" in raw:
+        from zoo.recipes import list_group
+
+        if raw["data"] not in list_group("data"):
+            raise unknown("data option", raw["data"], list_group("data"))
     env_rank, env_nodes = prep.node_from_env()
-    num_nodes = number(args, "num_nodes", env_nodes, minimum=1)
-    node_rank = number(args, "node_rank", env_rank, minimum=0)
+    num_nodes = number(raw, "num_nodes", env_nodes, minimum=1)
+    node_rank = number(raw, "node_rank", env_rank, minimum=0)
     if node_rank >= num_nodes:
         raise ZooError(f"node_rank must be below num_nodes ({num_nodes}), got {node_rank}")
-    if "num_proc" in args:
-        data["num_proc"] = number(args, "num_proc", 1, minimum=1)
+    verify = flag(raw, "verify")
+    num_proc = number(raw, "num_proc", None, minimum=1)
+    seed_arg = number(raw, "seed", None, minimum=0)
+    data, seed = data_config(args, rest)
+    seed = seed if seed_arg is None else seed_arg
+    if num_proc is not None:
+        data["num_proc"] = num_proc
     dm = TextDataModule(seed=seed, **data)
     tok = dm.tokenizer
     sources = dm.eval_sources if dm.streaming else dm.sources
@@ -89,9 +103,9 @@ def _main(argv: list[str]) -> None:
             print(f"{source.name}: {folder}")
             for split in ("train", "val", "test"):
                 if (folder / split / "meta.json").is_file() and split not in source.EMPTY_OK:
-                    s = cache.load_split(folder / split, verify=bool(args.get("verify")))
+                    s = cache.load_split(folder / split, verify=verify)
                     print(f"  {split:5s} {len(s):>10,d} docs {s.n_tokens:>14,d} tokens {s.n_bytes:>15,d} bytes")
-            if args.get("verify"):
+            if verify:
                 print("  checksums: ok")
         return
     pending = []
