@@ -23,7 +23,7 @@ def test_every_registered_model_builds_and_runs_a_forward(name) -> None:
         model = zoo.create_model(name, pretrained=True)
         vocab, n_ctx = info.vocab_size, info.n_ctx
     else:
-        vocab, n_ctx = 256, 32
+        vocab, n_ctx = 258, 32
         model = zoo.create_model(name, vocab_size=vocab, n_ctx=n_ctx)
     assert isinstance(model, torch.nn.Module) and count_parameters(model) > 0
     ids = torch.randint(2, vocab, (2, 16), generator=torch.Generator().manual_seed(0))

@@ -18,8 +18,14 @@ time or a host name, so a resumed or multi-node build is byte-identical to one u
 build. The cache key hashes the source's fingerprint and the tokenizer: a change to either
 builds a new folder.
 
-:func:`load_split` checks every shard's size at open (cheap) and, with ``verify=True``, its
-blake2b hash; a damaged cache is refused with a message that says what to delete.
+:func:`load_split` checks at open, cheaply, every shard's size and the blake2b hash of its
+first and last :data:`EDGE_BYTES` (recorded at build; caches built before that are checked by
+size only) and, given the tokenizer's size, that the ids there (and the largest id recorded)
+are in the vocabulary; ``verify=True`` hashes and scans every shard whole. A sample with an
+out-of-vocabulary id is refused when it is read (:meth:`TokenizedSplit.check_ids`). A damaged
+cache is refused with a message that says what to delete. A split whose ``meta.json`` is gone
+is indexed again from its finished shards (:func:`is_complete`), and temporaries left by a
+killed build are removed when a cache is built or opened (:func:`clean_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +48,14 @@ from zoo.data.tokenizer import EOT, tokenizer_fingerprint
 from zoo.errors import ZooError
 
 CACHE_VERSION = 2
+#: bytes at each end of a shard whose hash is checked at every open (cheap: 128 KiB a shard)
+EDGE_BYTES = 64 << 10
+#: a temporary of a process that is gone here is removed once idle this long (a temporary of
+#: another node, whose process this host cannot see, is still being written to)
+STALE_DEAD_SECONDS = 10 * 60
+#: any temporary idle this long is left over, whoever made it (a live build writes continuously)
+STALE_ANY_SECONDS = 6 * 3600
+_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
 
 
 def default_cache_dir() -> Path:
@@ -67,7 +82,49 @@ def split_dir(source: Source, split: str, tokenizer: PreTrainedTokenizerFast, ca
 
 
 def is_complete(folder: Path) -> bool:
-    return (Path(folder) / "complete.json").is_file()
+    """Whether ``folder`` is a finished cache: ``complete.json`` and every split's ``meta.json``
+    (a deleted ``meta.json`` makes the next build index the finished shards again)."""
+    folder = Path(folder)
+    return (folder / "complete.json").is_file() and all((folder / s / "meta.json").is_file() for s in SPLITS)
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
+def clean_stale_temporaries(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove the ``.NAME.tmp-PID`` files a killed build left in a cache folder; return them.
+
+    Stale: its process is gone on this host and it has not been written to for
+    :data:`STALE_DEAD_SECONDS`, or nobody has written to it for :data:`STALE_ANY_SECONDS`.
+    Only names this module writes are considered; nothing else in the folder is touched.
+    """
+    folder = Path(folder)
+    now = time.time() if now is None else now
+    removed = []
+    for sub in (folder, folder / "shards", *(folder / s for s in SPLITS)):
+        try:
+            entries = list(os.scandir(sub))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY.match(entry.name)
+            if not match or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                idle = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue  # renamed into place meanwhile
+            if idle > STALE_ANY_SECONDS or (idle > STALE_DEAD_SECONDS and _process_gone(int(match.group(1)))):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -122,10 +179,13 @@ class _SplitWriter:
         self.dtype = dtype
         self.offsets = [0]
         self.n_bytes = 0
+        self.max_id = -1
         self.hash = hashlib.blake2b(digest_size=16)
 
     def add(self, ids: Sequence[int], eot: int, n_bytes: int) -> None:
-        arr = np.asarray([*ids, eot], dtype=self.dtype).tobytes()
+        tokens = np.asarray([*ids, eot], dtype=self.dtype)
+        self.max_id = max(self.max_id, int(tokens.max()))
+        arr = tokens.tobytes()
         self.file.write(arr)
         self.hash.update(arr)
         self.offsets.append(self.offsets[-1] + len(ids) + 1)
@@ -134,9 +194,11 @@ class _SplitWriter:
     def close(self) -> dict[str, Any]:
         self.file.close()
         n_docs = len(self.offsets) - 1
+        edges: dict[str, str | None] = {"head_blake2b": None, "tail_blake2b": None}
         if n_docs == 0:
             self.tmp.unlink()
         else:
+            edges = {f"{where}_blake2b": _hash(data) for where, data in read_edges(self.tmp)}
             idx = self.final.with_suffix(".idx")
             idx_tmp = idx.with_name(f".{idx.name}.tmp-{os.getpid()}")
             np.asarray(self.offsets, dtype=np.int64).tofile(idx_tmp)
@@ -147,7 +209,8 @@ class _SplitWriter:
                 if not self.final.is_file():
                     raise
         return {"documents": n_docs, "tokens": self.offsets[-1], "bytes": self.n_bytes,
-                "blake2b": self.hash.hexdigest() if n_docs else None}
+                "blake2b": self.hash.hexdigest() if n_docs else None, **edges,
+                "max_id": self.max_id if n_docs else None}
 
     def abort(self) -> None:
         self.file.close()
@@ -277,6 +340,7 @@ class TokenizedSplit:
     offsets: np.ndarray
     n_bytes: int
     path: Path
+    vocab_size: int | None = None  # the tokenizer's size, when known: ids are checked against it
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -289,26 +353,80 @@ class TokenizedSplit:
         """Tokens of document ``i`` without its trailing end-of-text token."""
         return self.tokens[self.offsets[i] : self.offsets[i + 1] - 1]
 
+    def check_ids(self, tokens: np.ndarray) -> np.ndarray:
+        """``tokens`` (a sample read from this split), if every id is in the vocabulary; else a
+        one-line :class:`ZooError` that names the cache (not an IndexError in an embedding)."""
+        if self.vocab_size is not None and len(tokens) and int(tokens.max()) >= self.vocab_size:
+            raise _out_of_vocabulary(self.path, "a sample", int(tokens.max()), self.vocab_size)
+        return tokens
+
 
 def _damaged(path: Path, why: str) -> ZooError:
     return ZooError(f"token cache {path} is damaged ({why}); delete {path.parent} to rebuild it")
 
 
-def file_hash(path: Path, chunk: int = 1 << 22) -> str:
+def _out_of_vocabulary(path: Path, where: str, token: int, vocab_size: int) -> ZooError:
+    return _damaged(path, f"{where} holds token id {token}, outside the tokenizer's {vocab_size} tokens; "
+                          "the cache was written by another tokenizer or is corrupt")
+
+
+def _hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def read_edges(path: Path) -> list[tuple[str, bytes]]:
+    """``[("head", first EDGE_BYTES), ("tail", last EDGE_BYTES)]`` of a file (they overlap
+    in a small one)."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(EDGE_BYTES)
+        f.seek(max(0, size - EDGE_BYTES))
+        tail = f.read(EDGE_BYTES)
+    return [("head", head), ("tail", tail)]
+
+
+def scan_file(path: Path, dtype: np.dtype, chunk: int = 1 << 22) -> tuple[str, int]:
+    """The blake2b of a token file and its largest token id (-1 if empty), in one read."""
     h = hashlib.blake2b(digest_size=16)
+    top = -1
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+            ids = np.frombuffer(block[: len(block) - len(block) % dtype.itemsize], dtype=dtype)
+            top = max(top, int(ids.max())) if len(ids) else top
+    return h.hexdigest(), top
 
 
-def load_split(path: Path, verify: bool = False) -> TokenizedSplit:
+def _check_shard(path: Path, bin_file: Path, shard: dict[str, Any], dtype: np.dtype, verify: bool,
+                 vocab_size: int | None) -> None:
+    """The checks of one shard's token file at open (see the module docstring)."""
+    if vocab_size is not None and shard.get("max_id") is not None and shard["max_id"] >= vocab_size:
+        raise _out_of_vocabulary(path, bin_file.name, int(shard["max_id"]), vocab_size)
+    for where, data in read_edges(bin_file):
+        ids = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype=dtype)
+        if vocab_size is not None and len(ids) and int(ids.max()) >= vocab_size:
+            raise _out_of_vocabulary(path, f"{bin_file.name} ({where})", int(ids.max()), vocab_size)
+        want = shard.get(f"{where}_blake2b")
+        if want is not None and _hash(data) != want:
+            raise _damaged(path, f"{bin_file.name} does not match its checksum ({where})")
+    if verify:
+        digest, top = scan_file(bin_file, dtype)
+        if vocab_size is not None and top >= vocab_size:
+            raise _out_of_vocabulary(path, bin_file.name, top, vocab_size)
+        if digest != shard["blake2b"]:
+            raise _damaged(path, f"{bin_file.name} does not match its checksum")
+
+
+def load_split(path: Path, verify: bool = False, vocab_size: int | None = None) -> TokenizedSplit:
     """Open a cached split (its folder) memory-mapped, read-only.
 
-    Every shard's size is checked against ``meta.json``; ``verify=True`` also checks each
-    shard's blake2b hash (reads everything once).
+    Every shard's size and the hashes of its head and tail are checked against ``meta.json``;
+    ``verify=True`` also checks each shard's whole blake2b hash (reads everything once). With
+    ``vocab_size`` (the tokenizer's size) the token ids read are checked to be below it, and
+    so are the samples later read from the split (:meth:`TokenizedSplit.check_ids`).
     """
     path = Path(path)
+    clean_stale_temporaries(path.parent)
     try:
         meta = json.loads((path / "meta.json").read_text())
         if not meta["shards"]:
@@ -321,8 +439,7 @@ def load_split(path: Path, verify: bool = False) -> TokenizedSplit:
             if bin_file.stat().st_size != shard["tokens"] * dtype.itemsize:
                 raise _damaged(path, f"{bin_file.name} has {bin_file.stat().st_size} bytes, "
                                      f"not {shard['tokens'] * dtype.itemsize}")
-            if verify and file_hash(bin_file) != shard["blake2b"]:
-                raise _damaged(path, f"{bin_file.name} does not match its checksum")
+            _check_shard(path, bin_file, shard, dtype, verify, vocab_size)
             idx = np.fromfile(idx_file, dtype=np.int64)
             if len(idx) != shard["documents"] + 1 or idx[-1] != shard["tokens"]:
                 raise _damaged(path, f"{idx_file.name} does not fit its token file")
@@ -336,7 +453,7 @@ def load_split(path: Path, verify: bool = False) -> TokenizedSplit:
                        f"delete {path.parent} to rebuild it") from None
     tokens = parts[0] if len(parts) == 1 else ShardedTokens(parts)
     return TokenizedSplit(f"{meta['source']}/{meta['split']}", tokens, np.concatenate(offsets),
-                          int(meta["n_bytes"]), path)
+                          int(meta["n_bytes"]), path, vocab_size)
 
 
 def iter_shard_files(folder: Path) -> Iterable[Path]:

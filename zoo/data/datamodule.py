@@ -209,7 +209,8 @@ class TextDataModule(L.LightningDataModule):
                 continue
             parts = []
             for source in self.eval_sources:
-                data = cache.load_split(prepare.split_tokens(source, split, tok, self.cache_dir, self.num_proc))
+                data = cache.load_split(prepare.split_tokens(source, split, tok, self.cache_dir, self.num_proc),
+                                        vocab_size=len(tok))
                 if self.layout == "packed":
                     parts.append(PackedDataset(data, self.n_ctx, lut, pad, drop_last=split == "train"))
                 else:

@@ -62,7 +62,7 @@ class PackedDataset(Dataset):
         if not 0 <= i < self._len:
             raise IndexError(i)
         start = i * self.n_ctx
-        window = np.asarray(self.split.tokens[start : start + self.n_ctx + 1])
+        window = self.split.check_ids(np.asarray(self.split.tokens[start : start + self.n_ctx + 1]))
         n = len(window)
         if n < self.n_ctx + 1:  # last partial window of an evaluation split: pad on the right
             window = np.concatenate([window, np.full(self.n_ctx + 1 - n, self.pad_id, window.dtype)])
@@ -82,7 +82,7 @@ class LeftPaddedDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict:
-        doc = np.asarray(self.split.document(i)[: self.n_ctx])
+        doc = self.split.check_ids(np.asarray(self.split.document(i)[: self.n_ctx]))
         n_pad = self.n_ctx - len(doc)
         window = np.concatenate(
             [np.full(n_pad, self.pad_id, doc.dtype), np.asarray([self.eot_id], doc.dtype), doc]

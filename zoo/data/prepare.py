@@ -145,6 +145,7 @@ def prepare_source(
     if cache.is_complete(folder):
         return Prepared(folder, True, 0, 0, 0)
     folder.mkdir(parents=True, exist_ok=True)
+    cache.clean_stale_temporaries(folder)
     units = source.units()
     plan = cache.write_plan(folder, source, units, cache.token_dtype(tokenizer))
     done_before = sum(cache.shard_done(folder, u.index) for u in units)

@@ -71,4 +71,18 @@ def verify_checksums(folder: str | Path) -> None:
     listed = folder / CHECKSUMS
     if not listed.is_file():
         raise ZooError(f"{folder} has no {CHECKSUMS}; cannot verify its files")
-    verify_files(folder, json.loads(listed.read_text()), CHECKSUMS, "download or export it again")
+    verify_files(folder, read_checksums(listed), CHECKSUMS, "download or export it again")
+
+
+def read_checksums(path: str | Path) -> dict[str, str]:
+    """A ``sha256.json`` (or any list of file -> sha256) read and checked: a JSON object whose
+    values are hex strings, else a one-line :class:`ZooError` naming the file."""
+    path = Path(path)
+    try:
+        listed = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZooError(f"{path} is not valid JSON ({e}); download or export the folder again") from None
+    if not isinstance(listed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in listed.items()):
+        raise ZooError(f"{path} must be a JSON object of file name -> sha256, got {type(listed).__name__}; "
+                       "download or export the folder again")
+    return listed

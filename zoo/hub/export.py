@@ -54,7 +54,7 @@ def check_target(out: Path, source: Path | None = None, overwrite: bool = False)
     """``out`` resolved, if an export may be written there; else a one-line :class:`ZooError`.
 
     Refused: a folder inside the published checkpoints, one that is, holds or lies inside the
-    ``source`` model folder, a file, and a non-empty folder unless ``overwrite``.
+    ``source`` model folder, a file or a path below one, and a non-empty folder unless ``overwrite``.
     """
     target = out.expanduser().resolve()
     root = checkpoints_dir().expanduser().resolve()
@@ -67,6 +67,9 @@ def check_target(out: Path, source: Path | None = None, overwrite: bool = False)
             raise ZooError(f"out={out} overlaps the model folder it exports ({src}); export somewhere else")
     if target.exists() and not target.is_dir():
         raise ZooError(f"out={out} is a file, not a folder; choose another out=")
+    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ZooError(f"out={out}: cannot write there ({blocking} is a file, not a folder); choose another out=")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise ZooError(f"out={out} exists and is not empty; pass overwrite=true to replace it, or choose another out=")
     return target
@@ -149,8 +152,11 @@ def export(name_or_path: str | Path | nn.Module, out: str | Path, tokenizer: Any
     hf.config.use_cache = True  # the zoo trains without a KV cache; generation wants one
     gc = hf.generation_config
     gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id, None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
+    except OSError as e:
+        raise ZooError(f"out={out}: cannot write there ({e.strerror or e}); choose another out=") from None
     try:
         _write(hf, tokenizer, staged, source, out.name)
         _verify(hf, staged)

@@ -50,6 +50,33 @@ def save_pretrained(
     return out
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file read with ``yaml.safe_load`` (plain data only: a ``!!python/...`` tag is
+    refused, never run); a one-line :class:`ZooError` naming the file otherwise."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        why = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ZooError(f"{path} is not plain YAML ({why}); zoo reads data only, so tags that would build "
+                       "Python objects are refused; restore the file or export the folder again") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ZooError(f"cannot read {path}: {e}") from None
+
+
+def read_spec(folder: Path) -> dict[str, Any]:
+    """A model folder's ``config.yaml``: a mapping with a ``model:`` section, ``vocab_size`` and
+    ``n_ctx``; a one-line :class:`ZooError` naming the file otherwise."""
+    path = folder / "config.yaml"
+    spec = read_yaml(path)
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
+        raise ZooError(f"{path} has no model: section (the family and its options); "
+                       "this is not a config.yaml written by zoo; export the folder again")
+    missing = [k for k in ("vocab_size", "n_ctx") if k not in spec]
+    if missing:
+        raise ZooError(f"{path} lacks {', '.join(missing)}; export the folder again")
+    return spec
+
+
 def load_pretrained(path: str | Path, verify: bool = True) -> tuple[nn.Module, PreTrainedTokenizerFast, dict[str, Any]]:
     """Load a saved folder: ``(model in eval mode, tokenizer, spec)``.
 
@@ -61,7 +88,7 @@ def load_pretrained(path: str | Path, verify: bool = True) -> tuple[nn.Module, P
         raise ZooError(f"{folder} is not a zoo model folder: missing {', '.join(missing)}")
     if verify:
         verify_checksums(folder)
-    spec = yaml.safe_load((folder / "config.yaml").read_text())
+    spec = read_spec(folder)
     model = build_model(spec["model"], spec["vocab_size"], spec["n_ctx"])
     try:
         load_model(model, str(folder / "model.safetensors"))
@@ -141,7 +168,9 @@ def load_adapter(folder: str | Path, base: str | Path | None = None, merge: bool
     if not meta_path.is_file() or not (folder / "adapter_model.safetensors").is_file():
         raise ZooError(f"{folder} is not a zoo adapter folder: missing {ADAPTER_META} or adapter_model.safetensors")
     verify_checksums(folder)
-    meta = yaml.safe_load(meta_path.read_text())
+    meta = read_yaml(meta_path)
+    if not isinstance(meta, dict):
+        raise ZooError(f"{meta_path} must be a mapping (base, base_sha256, model, ...); save the adapter again")
     base_path = Path(base).expanduser() if base is not None else (Path(meta["base"]) if meta.get("base") else None)
     if base_path is None or not base_path.is_dir():
         raise ZooError(f"adapter {folder}: base model folder not found ({base_path}); pass base=PATH")

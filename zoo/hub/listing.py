@@ -22,6 +22,9 @@ def table(pattern: str = "*") -> str:
             info = reg[name]
             if info.pretrained != pretrained:
                 continue
+            if info.error:  # a folder that cannot be read: listed (the registry warned why)
+                rows.append((name, "broken", "?", "-", "-", "-", "-", "-"))
+                continue
             m = info.metrics
             params = info.parameters or architecture_parameters(info)
             size = info.file_bytes

@@ -37,10 +37,29 @@ def read_manifest(root: Path | None = None) -> dict[str, Any]:
         return {"format": 1, "models": {}}
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ZooError(f"{path} is not valid JSON ({e}); restore it from git") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZooError(f"{path} is not valid JSON ({e}); restore it from git") from None
+    if not isinstance(manifest, dict):
+        raise ZooError(f"{path} must be a JSON object with a 'models' object, got a {type(manifest).__name__}; "
+                       "restore it from git")
     manifest.setdefault("models", {})
+    if not isinstance(manifest["models"], dict):
+        raise ZooError(f"{path}: 'models' must be an object of name -> entry, got a "
+                       f"{type(manifest['models']).__name__}; restore it from git")
     return manifest
+
+
+def manifest_record(manifest: Mapping[str, Any], name: str, root: Path | None = None) -> dict[str, Any] | None:
+    """The manifest entry of ``name`` (``None`` when it has none); an entry that is not an
+    object (``null``, a list) is a one-line :class:`ZooError` that breaks only that model."""
+    entry = manifest["models"].get(name)
+    if entry is None and name not in manifest["models"]:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("files", {}), dict):
+        shown = "null" if entry is None else f"a {type(entry).__name__}"
+        raise ZooError(f"{(root or checkpoints_dir()) / MANIFEST}: the entry of {name} is {shown}, not an object "
+                       "with its files; restore the manifest from git or publish the model again")
+    return entry
 
 
 def write_manifest(manifest: Mapping[str, Any], root: Path | None = None) -> Path:
@@ -91,7 +110,7 @@ def verify_manifest(name: str) -> None:
     """Check ``checkpoints/NAME`` against its manifest entry: every listed file present with its
     sha256, and no unlisted file."""
     root = checkpoints_dir()
-    entry = read_manifest(root)["models"].get(name)
+    entry = manifest_record(read_manifest(root), name, root)
     if entry is None:
         raise ZooError(f"{name} is not in {root / MANIFEST}; publish it with python -m zoo.publish")
     verify_files(root / name, entry.get("files", {}), MANIFEST,

@@ -22,6 +22,7 @@ Loading never runs code from the files (safetensors + YAML + tokenizer JSON only
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,13 @@ import yaml
 from torch import nn
 
 from zoo.errors import ZooError, did_you_mean
-from zoo.hub.folder import load_pretrained
-from zoo.hub.manifest import checkpoints_dir, read_manifest, verify_manifest
+from zoo.hub.folder import load_pretrained, read_spec
+from zoo.hub.manifest import checkpoints_dir, manifest_record, read_manifest, verify_manifest
 from zoo.models import build_model, count_parameters
-from zoo.schema import DEFAULT_N_CTX, DEFAULT_VOCAB_SIZE
+from zoo.schema import DEFAULT_N_CTX, DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, check_value
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # problems already reported in this process (each is said once)
 
 
 def _model_configs_dir() -> Path | None:
@@ -63,6 +67,7 @@ class ModelInfo:
     metrics: dict[str, Any] = field(default_factory=dict)  # the manifest entry's summary
     parameters: int | None = None  # of a published model (from the manifest)
     files: dict[str, str] = field(default_factory=dict)  # file -> sha256 (published models)
+    error: str = ""  # a published folder that cannot be read: why (loading it raises this)
 
     @property
     def pretrained(self) -> bool:
@@ -110,26 +115,54 @@ def _configs() -> dict[str, ModelInfo]:
     return out
 
 
-def _published() -> dict[str, ModelInfo]:
+def published_models() -> tuple[dict[str, ModelInfo], list[str]]:
+    """Every folder of ``checkpoints/`` as a :class:`ModelInfo`, and one line per problem.
+
+    One broken folder (a ``config.yaml`` that is not plain YAML or has no ``model:``, a
+    ``null`` manifest entry) or a broken manifest never hides the others: the folder is kept
+    with its :attr:`ModelInfo.error` (loading it by name raises that message) and the
+    problem is returned as a line to warn with.
+    """
     root = checkpoints_dir()
     out: dict[str, ModelInfo] = {}
+    problems: list[str] = []
     if not root.is_dir():
-        return out
-    manifest = read_manifest(root)["models"]
+        return out, problems
+    try:
+        manifest = read_manifest(root)
+    except ZooError as e:
+        problems.append(f"{e} (listed without the manifest's metrics; loading by name checks the manifest)")
+        manifest = {"models": {}}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         config = folder / "config.yaml"
         if not (config.is_file() and (folder / "model.safetensors").is_file()):
             continue  # being written, or not a model folder
-        spec = yaml.safe_load(config.read_text()) or {}
-        entry = manifest.get(folder.name, {})
-        out[folder.name] = ModelInfo(
-            name=folder.name, family=str(spec["model"].get("family")), kind="pretrained",
-            model=dict(spec["model"]), vocab_size=int(spec["vocab_size"]), n_ctx=int(spec["n_ctx"]),
-            path=folder, description=str(entry.get("description", "")),
-            data=str(entry.get("data") or data_description(spec.get("run"))),
-            metrics=dict(entry.get("metrics", {})), files=dict(entry.get("files", {})),
-            parameters=entry.get("parameters"),
-        )
+        try:
+            spec = read_spec(folder)
+            entry = manifest_record(manifest, folder.name, root) or {}
+            out[folder.name] = ModelInfo(
+                name=folder.name, family=str(spec["model"].get("family")), kind="pretrained",
+                model=dict(spec["model"]), vocab_size=spec["vocab_size"], n_ctx=spec["n_ctx"],
+                path=folder, description=str(entry.get("description", "")),
+                data=str(entry.get("data") or data_description(spec.get("run"))),
+                metrics=dict(entry.get("metrics") or {}), files=dict(entry.get("files") or {}),
+                parameters=entry.get("parameters"),
+            )
+        except (ZooError, ValueError, TypeError, AttributeError) as e:
+            error = str(e) if isinstance(e, ZooError) else f"{folder}: unreadable config or manifest entry ({e})"
+            out[folder.name] = ModelInfo(name=folder.name, family="?", kind="pretrained", model={}, vocab_size=0,
+                                         n_ctx=0, path=folder, error=error)
+            problems.append(f"{folder.name}: {error} (listed, but it cannot be loaded)")
+    return out, problems
+
+
+def _published() -> dict[str, ModelInfo]:
+    """:func:`published_models`, each problem logged once as a ``warning:`` line."""
+    out, problems = published_models()
+    for problem in problems:
+        if problem not in _warned:
+            _warned.add(problem)
+            log.warning("warning: %s", problem)
     return out
 
 
@@ -146,6 +179,10 @@ def list_models(pattern: str = "*", pretrained: bool | None = None) -> list[str]
 
     ``pretrained=True`` lists only published checkpoints, ``False`` only model configs.
     """
+    if not isinstance(pattern, str):
+        raise ZooError(f"zoo.list_models: pattern must be a string (shell-style, e.g. '*edu'); got {pattern!r}")
+    if pretrained not in (None, True, False):
+        raise ZooError(f"zoo.list_models: pretrained must be True, False or None; got {pretrained!r}")
     names = []
     for name, info in registry().items():
         if pretrained is not None and info.pretrained != pretrained:
@@ -162,8 +199,25 @@ def _unknown(name: str, choices: list[str], what: str = "model") -> ZooError:
     )
 
 
+def _check_name(name: Any, caller: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ZooError(f"{caller}: name must be a registered name (see zoo.list_models()); got {name!r}")
+    return name
+
+
+def _usable(info: ModelInfo) -> ModelInfo:
+    """``info``, unless it is a published folder that cannot be read (then its one-line error)."""
+    if info.error:
+        raise ZooError(info.error)
+    return info
+
+
 def model_info(name: str) -> ModelInfo:
-    """The :class:`ModelInfo` of a registered name (a clear error with a suggestion if unknown)."""
+    """The :class:`ModelInfo` of a registered name (a clear error with a suggestion if unknown).
+
+    A published folder that cannot be read is returned with its :attr:`~ModelInfo.error` set.
+    """
+    _check_name(name, "zoo.model_info")
     reg = registry()
     if name not in reg:
         raise _unknown(name, list(reg))
@@ -191,7 +245,8 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
 
     Without ``pretrained`` a published name gives its architecture, randomly initialised.
     """
-    info = model_info(name)
+    _check_name(name, "zoo.create_model")
+    info = _usable(model_info(name))
     if pretrained:
         _require_weights(info)
         if overrides:
@@ -201,8 +256,9 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
             )
         model, _ = load(name)
         return model
-    vocab_size = int(overrides.pop("vocab_size", info.vocab_size))
-    n_ctx = int(overrides.pop("n_ctx", info.n_ctx))
+    vocab_size = overrides.pop("vocab_size", info.vocab_size)
+    n_ctx = overrides.pop("n_ctx", info.n_ctx)
+    check_value("vocab_size", vocab_size, int, {"ge": MIN_VOCAB_SIZE})  # a zoo tokenizer's size
     return build_model(_merge(info.model, overrides), vocab_size, n_ctx)
 
 
@@ -218,11 +274,17 @@ def _require_weights(info: ModelInfo) -> None:
 
 def resolve(name_or_path: str | os.PathLike) -> Path | None:
     """The folder a published name or a model-folder path stands for (``None``: neither)."""
-    path = Path(name_or_path).expanduser()
+    path = _as_path(name_or_path, "zoo.hub.registry.resolve")
     if path.is_dir():
         return path
     info = _published().get(str(name_or_path))
     return info.path if info else None
+
+
+def _as_path(name_or_path: Any, caller: str) -> Path:
+    if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path):
+        raise ZooError(f"{caller}: name_or_path must be a published name or a model-folder path; got {name_or_path!r}")
+    return Path(name_or_path).expanduser()
 
 
 def load(name_or_path: str | os.PathLike, verify: bool = True) -> tuple[nn.Module, Any]:
@@ -232,14 +294,14 @@ def load(name_or_path: str | os.PathLike, verify: bool = True) -> tuple[nn.Modul
     weights are stored in; the tokenizer a ``transformers`` fast tokenizer. With ``verify``
     (the default) every file is checked against its sha256 first.
     """
-    path = Path(name_or_path).expanduser()
+    path = _as_path(name_or_path, "zoo.load")
     if not path.is_dir():
         name = str(name_or_path)
         reg = registry()
         info = reg.get(name)
         if info is None:
             raise _unknown(name, list(reg))
-        _require_weights(info)
+        _require_weights(_usable(info))
         if verify:
             verify_manifest(name)
         path = info.path

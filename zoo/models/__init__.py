@@ -39,17 +39,34 @@ from zoo.models.base import (
     register_model,
 )
 from zoo.plugins import load_plugins
+from zoo.schema import _check_model_sizes, check_value
+
+#: the smallest vocabulary a family is built with: the zoo's end-of-text and pad ids (0, 1)
+#: must be embeddable. A zoo tokenizer has at least ``zoo.schema.MIN_VOCAB_SIZE`` (258)
+#: tokens, which :func:`zoo.create_model` asks for; tests build on smaller toy vocabularies.
+MIN_MODEL_VOCAB = 2
 
 __all__ = [
-    "LanguageModel", "build_model", "count_parameters", "describe_family", "family_class", "family_of",
+    "MIN_MODEL_VOCAB", "LanguageModel", "build_model", "count_parameters", "describe_family", "family_class", "family_of",
     "family_options", "list_families", "parameter_counts", "register_model",
 ]
 
 
 def build_model(cfg: Mapping[str, Any], vocab_size: int, n_ctx: int) -> nn.Module:
     """Build the model a ``model:`` config section describes (``family`` plus its options;
-    ``adapter:`` wraps it in LoRA branches)."""
+    ``adapter:`` wraps it in LoRA branches).
+
+    Every size is checked here first, with the messages a recipe's ``model:`` section gets
+    (:mod:`zoo.schema`): positive integers for ``d_model``, ``n_layers``, ``n_heads``, ...,
+    ``vocab_size >= 2`` (:data:`MIN_MODEL_VOCAB`) and ``n_ctx >= 1``; anything else a family refuses is a one-line
+    :class:`ZooError` too, never an assertion or arithmetic error from inside the module.
+    """
     load_plugins()
+    if not isinstance(cfg, Mapping):
+        raise ZooError(f"the model config must be a mapping with a family and its options; got {cfg!r}")
+    check_value("vocab_size", vocab_size, int, {"ge": MIN_MODEL_VOCAB})
+    check_value("n_ctx", n_ctx, int, {"gt": 0})
+    _check_model_sizes(cfg, "model")
     cfg = dict(cfg)
     family = cfg.pop("family", None)
     adapter = cfg.pop("adapter", None)
@@ -68,5 +85,6 @@ def build_model(cfg: Mapping[str, Any], vocab_size: int, n_ctx: int) -> nn.Modul
 
             model = add_lora(model, adapter)
         return model
-    except (ValueError, TypeError) as e:
-        raise ZooError(f"bad model config for family '{family}': {e}") from e
+    except (ValueError, TypeError, AssertionError, ArithmeticError) as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise ZooError(f"bad model config for family '{family}': {detail}") from e

@@ -9,6 +9,7 @@ from typing import Any
 from zoo.data.sources.base import UNIT_BYTES, Source, Unit, clean_text
 from zoo.data.sources.options import check_count, check_string, check_string_list
 from zoo.data.sources.readers import (
+    DEFAULT_MAX_DOCUMENT_BYTES,
     file_stats,
     jsonl_ranges,
     parquet_units,
@@ -35,9 +36,14 @@ class FilesSource(Source):
 
     Units: a ``.txt`` file; about 64 MB of a ``.jsonl`` file (a byte range, cut at lines);
     runs of parquet row groups of about 64 MB of text.
+
+    ``max_document_bytes`` (default 8 MiB) bounds one document (a ``txt_split=file`` file, a
+    paragraph, a JSON line, a parquet value): a longer one is refused in one line after at
+    most that many bytes are read, instead of tokenising it for minutes in gigabytes of memory.
     """
 
-    OPTIONS = {"paths": None, "txt_split": "file", "text_column": "text", "min_chars": 1, "unit_bytes": UNIT_BYTES}
+    OPTIONS = {"paths": None, "txt_split": "file", "text_column": "text", "min_chars": 1, "unit_bytes": UNIT_BYTES,
+               "max_document_bytes": DEFAULT_MAX_DOCUMENT_BYTES}
     TXT_SPLITS = ("file", "paragraph")
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
@@ -56,6 +62,10 @@ class FilesSource(Source):
         self.text_column = check_string(name, options, "text_column")
         self.min_chars = check_count(name, options, "min_chars", minimum=1)
         self.unit_bytes = check_count(name, options, "unit_bytes", minimum=1)
+        self.max_document_bytes = check_count(name, options, "max_document_bytes", minimum=1)
+        # a bound, not a change of content (a longer document is an error, never cut): it is
+        # left out of the fingerprint, so caches built before the option existed stay valid
+        self.options.pop("max_document_bytes")
 
     def units(self) -> list[Unit]:
         units: list[Unit] = []
@@ -75,10 +85,10 @@ class FilesSource(Source):
     def _raw(self, locator: tuple) -> Iterator[str]:
         kind, path = locator[0], Path(locator[1])
         if kind == "txt":
-            return read_txt(path, self.txt_split)
+            return read_txt(path, self.txt_split, self.max_document_bytes)
         if kind == "jsonl":
-            return read_jsonl(path, self.text_column, locator[2], locator[3])
-        return read_parquet(path, self.text_column, row_groups=(locator[2], locator[3]))
+            return read_jsonl(path, self.text_column, locator[2], locator[3], self.max_document_bytes)
+        return read_parquet(path, self.text_column, row_groups=(locator[2], locator[3]), limit=self.max_document_bytes)
 
     def unit_documents(self, unit: Unit) -> Iterator[str]:
         for text in self._raw(unit.locator):

@@ -2,7 +2,10 @@
 
 Paths are resolved from files, directories and globs; each reader streams (a jsonl byte
 range, parquet row groups in record batches), so no file is ever held in memory whole, and
-every error names the file and where in it.
+every error names the file and where in it. A document longer than ``max_document_bytes``
+(default :data:`DEFAULT_MAX_DOCUMENT_BYTES`) is refused as soon as that many bytes of it are
+read, so one huge line never lands in memory whole (nor in the tokenizer, whose memory grows
+far faster than the text).
 """
 
 from __future__ import annotations
@@ -15,6 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ZooError, did_you_mean
+
+#: the longest document the file readers accept (UTF-8 bytes); option ``max_document_bytes``
+DEFAULT_MAX_DOCUMENT_BYTES = 8 << 20
+#: lines are read in pieces of at most this many bytes when skipping to a range's start
+_CHUNK = 1 << 20
+
+
+def too_long(path: Path, where: str, limit: int) -> ZooError:
+    """The one-line error for a document over ``limit`` bytes, naming the option."""
+    return ZooError(
+        f"{path}{where}: longer than max_document_bytes={limit} ({limit / 2**20:.3g} MiB); split the text into "
+        "smaller documents (txt_split=paragraph, one JSON line per document) or raise the source's "
+        "max_document_bytes"
+    )
 
 
 def resolve_paths(
@@ -82,46 +99,73 @@ def _decode(data: bytes, path: Path, offset: int, where: str = "") -> str:
         ) from None
 
 
-def _lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int | None, int, bytes]]:
+def _skip_line(f: Any) -> int:
+    """Read past the rest of the current line in bounded pieces; return the bytes skipped."""
+    skipped = 0
+    while piece := f.readline(_CHUNK):
+        skipped += len(piece)
+        if piece.endswith(b"\n"):
+            break
+    return skipped
+
+
+def _lines(path: Path, start: int = 0, end: int | None = None,
+           limit: int | None = None) -> Iterator[tuple[int | None, int, bytes]]:
     """Yield ``(line_number, byte_offset, raw_line)`` for the lines that start in
     ``[start, end)``, streaming. Line numbers are known only when reading from the start
-    (``None`` otherwise)."""
+    (``None`` otherwise). A line longer than ``limit`` bytes is a :class:`ZooError` raised
+    after reading at most ``limit + 2`` bytes of it."""
     with open(path, "rb") as f:
         offset = start
         if start > 0:  # begin at the first line that starts at or after `start`
             f.seek(start - 1)
-            offset = start - 1 + len(f.readline())
+            offset = start - 1 + _skip_line(f)
         number = 1 if start == 0 else None
-        for line in f:
+        while True:
             if end is not None and offset >= end:
                 return
+            line = f.readline(-1 if limit is None else limit + 2)
+            if not line:
+                return
+            if limit is not None and len(line) - line.endswith(b"\n") > limit:
+                where = f"line {number}" if number is not None else f"line at byte offset {offset}"
+                raise too_long(path, f", {where}", limit)
             yield number, offset, line
             offset += len(line)
             if number is not None:
                 number += 1
 
 
-def read_txt(path: Path, mode: str) -> Iterator[str]:
-    """One document per file, or (``mode='paragraph'``) one per blank-line-separated block."""
+def read_txt(path: Path, mode: str, limit: int | None = None) -> Iterator[str]:
+    """One document per file, or (``mode='paragraph'``) one per blank-line-separated block;
+    a document over ``limit`` bytes is a :class:`ZooError` (a file is refused by its size,
+    before it is read)."""
     if mode == "file":
+        if limit is not None and path.stat().st_size > limit:
+            raise too_long(path, " (txt_split=file: the whole file is one document)", limit)
         yield _decode(path.read_bytes(), path, 0)
         return
     paragraph: list[str] = []
-    for _, offset, raw in _lines(path):
+    size = 0
+    for number, offset, raw in _lines(path, limit=limit):
         line = _decode(raw, path, offset)
         if line.strip():
             paragraph.append(line)
+            size += len(raw)
+            if limit is not None and size > limit:
+                raise too_long(path, f", the paragraph that ends at line {number}", limit)
         elif paragraph:
             yield "".join(paragraph)
-            paragraph = []
+            paragraph, size = [], 0
     if paragraph:
         yield "".join(paragraph)
 
 
-def read_jsonl(path: Path, column: str, start: int = 0, end: int | None = None) -> Iterator[str]:
+def read_jsonl(path: Path, column: str, start: int = 0, end: int | None = None,
+               limit: int | None = None) -> Iterator[str]:
     """The ``column`` of each JSON object line starting in the byte range ``[start, end)``;
-    blank lines and null values are skipped."""
-    for number, offset, raw in _lines(path, start, end):
+    blank lines and null values are skipped; a line over ``limit`` bytes is a :class:`ZooError`."""
+    for number, offset, raw in _lines(path, start, end, limit):
         where = f"line {number}" if number is not None else f"line at byte offset {offset}"
         line = _decode(raw, path, offset, f", {where}")
         if not line.strip():
@@ -176,10 +220,11 @@ def _open_parquet(path: Path, column: str) -> Any:
 
 def read_parquet(
     path: Path, column: str, row_groups: tuple[int, int] | None = None, max_rows: int | None = None,
-    batch_size: int = 1024,
+    batch_size: int = 1024, limit: int | None = None,
 ) -> Iterator[str]:
     """The string ``column`` of a parquet file (row groups ``[a, b)`` of it, at most
-    ``max_rows`` rows), read in record batches, never whole."""
+    ``max_rows`` rows), read in record batches, never whole; a value over ``limit`` UTF-8
+    bytes is a :class:`ZooError`."""
     import pyarrow as pa
 
     parquet = _open_parquet(path, column)
@@ -191,8 +236,11 @@ def read_parquet(
             if left is not None:
                 values, left = values[:left], left - len(values)
             for value in values:
-                if value is not None:
-                    yield value
+                if value is None:
+                    continue
+                if limit is not None and len(value) > limit // 4 and len(value.encode("utf-8", "surrogatepass")) > limit:
+                    raise too_long(path, f", column '{column}'", limit)
+                yield value
             if left is not None and left <= 0:
                 return
     except (pa.ArrowException, OSError) as e:
