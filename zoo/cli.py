@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -64,7 +66,7 @@ def number(args: Mapping[str, Any], key: str, default: Any, kind: type = int,
     value = args.get(key, default)
     if value is None:
         return None
-    what = "an integer" if kind is int else "a number"
+    what = "an integer" if kind is int else "a finite number"
     if isinstance(value, str):
         try:
             value = kind(value)
@@ -72,10 +74,10 @@ def number(args: Mapping[str, Any], key: str, default: Any, kind: type = int,
             raise ZooError(f"{key} must be {what}, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
         raise ZooError(f"{key} must be {what}, got {value!r}")
+    if not math.isfinite(value):  # NaN compares False with every bound: refuse it (and inf) here
+        raise ZooError(f"{key} must be {what}{_bounds(minimum, maximum)}, got {value!r}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = (f">= {minimum}" if maximum is None else f"<= {maximum}" if minimum is None
-                  else f"in [{minimum}, {maximum}]")
-        raise ZooError(f"{key} must be {what} {bounds}, got {value!r}")
+        raise ZooError(f"{key} must be {what}{_bounds(minimum, maximum)}, got {value!r}")
     return kind(value)
 
 
@@ -92,6 +94,38 @@ def flag(args: Mapping[str, Any], key: str, default: bool = False) -> bool:
     if text in TRUE or text in FALSE:
         return text in TRUE
     raise ZooError(f"{key} must be true or false, got {value!r}")
+
+
+def _bounds(minimum: float | None, maximum: float | None) -> str:
+    if minimum is None and maximum is None:
+        return ""
+    return (f" >= {minimum}" if maximum is None else f" <= {maximum}" if minimum is None
+            else f" in [{minimum}, {maximum}]")
+
+
+def choice(args: Mapping[str, Any], key: str, default: str, allowed: Sequence[str]) -> str:
+    """``args[key]`` (or ``default``), one of ``allowed``; a one-line :class:`ZooError` otherwise."""
+    value = str(args.get(key, default))
+    if value not in allowed:
+        raise unknown(key, value, allowed)
+    return value
+
+
+def json_target(args: Mapping[str, Any], key: str = "json") -> str | None:
+    """The ``json=`` target of :func:`emit`, checked before any work is done: ``-`` (print
+    JSON), or a file path whose folder exists and is writable and that is not a folder."""
+    target = args.get(key)
+    if target in (None, "", "-"):
+        return target or None
+    path = Path(str(target)).expanduser()
+    if path.is_dir():
+        raise ZooError(f"{key}={target}: {path} is a folder, not a file; give a file path (or json=- to print JSON)")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ZooError(f"{key}={target}: no folder {folder} to write it in")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ZooError(f"{key}={target}: {path} is not writable")
+    return str(target)
 
 
 def emit(result: Any, text: str, target: str | None) -> None:
@@ -130,18 +164,30 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def data_options(group: str | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``data:`` options of group ``recipes/data/<group>.yaml`` (none: ``{}``), then
-    ``overrides`` (the ``data.KEY=VALUE`` arguments, nested as OmegaConf parses a dotlist) on
-    top, key by key: ``sources.0.data_files=...`` changes one option of the first source, as
-    it does on ``zoo.fit``."""
+#: what an unset (``???``) data option must be, by its last key, for the error that names it
+MANDATORY_HINTS = {"paths": "a file, folder or glob", "data_files": "a file, folder, glob or hf:// path"}
+
+
+def data_options(group: str | None, overrides: Mapping[str, Any] | None = None,
+                 base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``data:`` section a command runs on, built as ``zoo.fit`` builds it.
+
+    ``base`` (a run's own ``data:`` section; none: ``{}``), then the options of group
+    ``recipes/data/<group>.yaml`` replacing the keys it sets (``data=files`` replaces the
+    run's ``sources`` and keeps its ``n_ctx``), then ``overrides`` (the ``data.KEY=VALUE``
+    arguments, nested as OmegaConf parses a dotlist) on top, key by key:
+    ``sources.0.data_files=...`` changes one option of the first source. An option left
+    unset (``???``) is a one-line :class:`ZooError` naming it.
+    """
+    import copy
+
     import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from zoo.recipes import list_group, recipes_dir
 
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = copy.deepcopy(dict(base or {}))
     if group is not None:
         if group not in list_group("data"):
             raise unknown("data option", group, list_group("data"))
@@ -160,4 +206,17 @@ def data_options(group: str | None, overrides: Mapping[str, Any] | None = None) 
             raise ZooError(f"data.{key}={value!r}: {str(e).splitlines()[0]}") from None
     out = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(out, dict)
+    for key, value in _flatten(_indexed(out)).items():
+        if value == "???":
+            hint = MANDATORY_HINTS.get(key.rsplit(".", 1)[-1])
+            raise ZooError(f"data.{key} must be set{f' ({hint})' if hint else ''}: add data.{key}=...")
     return out
+
+
+def _indexed(tree: Any) -> Any:
+    """Lists as ``{"0": ..., "1": ...}`` (so :func:`_flatten` names ``sources.0.paths``)."""
+    if isinstance(tree, Mapping):
+        return {k: _indexed(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return {str(i): _indexed(v) for i, v in enumerate(tree)}
+    return tree

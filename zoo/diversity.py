@@ -20,6 +20,8 @@ gives ``\\ frac { 1 } { 2 }``). Everything is pure Python/NumPy.
 
 Options (``key=value``):
   data=edu,math      comma-separated data groups of recipes/data or source names (e.g. markov)
+  data.KEY=VALUE     override a data option of each of them, as on every command
+                     (e.g. data=files data.sources.0.paths='my/*.txt')
   split=train        train | val | test
   words=100000       word tokens sampled per corpus
   seed=0             seed of the document order
@@ -32,10 +34,11 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from zoo.cli import emit, key_values, number, run_command
+from zoo.cli import data_options, emit, json_target, key_values, number, run_command
 from zoo.errors import ZooError, unknown
 
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -124,20 +127,20 @@ def sample_documents(texts: Iterable[str], words: int, seed: int = 0) -> list[li
     return out
 
 
-def corpus_texts(name: str, split: str) -> list[str]:
-    """Documents of a data group (recipes/data/NAME.yaml, all its sources) or a source name."""
-    import yaml
-
+def corpus_texts(name: str, split: str, overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """Documents of a data group (recipes/data/NAME.yaml, all its sources) or a source name,
+    with the ``data.KEY=VALUE`` ``overrides`` applied as every command applies them
+    (:func:`zoo.cli.data_options`)."""
     from zoo.data.sources import build_source, list_sources
-    from zoo.recipes import list_group, recipes_dir
+    from zoo.recipes import list_group
 
     if name in list_group("data"):
-        spec = yaml.safe_load((recipes_dir() / "data" / f"{name}.yaml").read_text())
-        sources = [{k: v for k, v in s.items() if k != "weight"} for s in spec["sources"]]
+        spec = data_options(name, overrides)
     elif name in list_sources():
-        sources = [{"name": name}]
+        spec = data_options(None, overrides, base={"sources": [{"name": name}]})
     else:
         raise unknown("data group or source", name, sorted({*list_group("data"), *list_sources()}))
+    sources = [{k: v for k, v in s.items() if k != "weight"} for s in spec["sources"]]
     return [doc for s in sources for doc in build_source(s).documents(split)]
 
 
@@ -158,13 +161,18 @@ def table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def _main(argv: list[str]) -> None:
+    from omegaconf import OmegaConf
+
     args = key_values(argv, OPTIONS)
     names = [n for n in args.get("data", "edu,math").split(",") if n]
+    overrides = OmegaConf.to_container(OmegaConf.from_dotlist([a for a in argv if a.startswith("data.")]))
+    assert isinstance(overrides, dict)
     split = args.get("split", "train")
     words, seed = number(args, "words", 100_000, minimum=1), number(args, "seed", 0, minimum=0)
+    target = json_target(args)
     results = {}
     for name in names:
-        docs = sample_documents(corpus_texts(name, split), words, seed)
+        docs = sample_documents(corpus_texts(name, split, overrides.get("data")), words, seed)
         if not docs:
             raise ZooError(f"data '{name}' has no words in its {split} split")
         results[name] = diversity(docs)
@@ -172,7 +180,7 @@ def _main(argv: list[str]) -> None:
     lines = [f"data diversity, {split} split, {words:,} words per corpus (seed {seed})"]
     if short:
         lines.append(f"note: {', '.join(short)} had fewer words than asked; compare TTR/distinct-n with care")
-    emit(results, "\n".join([*lines, table(results)]), args.get("json"))
+    emit(results, "\n".join([*lines, table(results)]), target)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

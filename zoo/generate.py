@@ -42,6 +42,14 @@ def check_generator(model: nn.Module) -> None:
         )
 
 
+def check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, seed: Any) -> tuple[int, float, int, int]:
+    """The sampling options checked (a one-line :class:`ZooError` naming a bad one):
+    ``max_new_tokens >= 1``, a finite ``temperature >= 0``, ``top_k >= 0``, ``seed >= 0``."""
+    values = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "seed": seed}
+    return (number(values, "max_new_tokens", None, minimum=1), number(values, "temperature", None, float, minimum=0),
+            number(values, "top_k", None, minimum=0), number(values, "seed", None, minimum=0))
+
+
 def _pick(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator) -> int:
     if temperature <= 0:
         return int(logits.argmax())
@@ -77,6 +85,7 @@ def generate_ids(
     seed: int = 0, eos_id: int | None = 0, pad_id: int | None = 1,
 ) -> list[int]:
     """New token ids continuing ``ids`` (the prompt, already tokenised)."""
+    check_sampling(max_new_tokens, temperature, top_k, seed)
     check_generator(model)
     model.eval()
     n_ctx = int(getattr(model, "n_ctx", 0) or len(ids) + max_new_tokens)
@@ -122,9 +131,9 @@ def _main(argv: list[str]) -> None:
     if "=" in name:
         raise ZooError("usage: python -m zoo.generate NAME prompt=TEXT [max_new_tokens=N temperature=T top_k=K seed=S]")
     args = key_values(rest, OPTIONS)
-    max_new = number(args, "max_new_tokens", 60, minimum=1)
-    temperature = number(args, "temperature", 0.8, float, minimum=0)
-    top_k, seed, n = number(args, "top_k", 50, minimum=0), number(args, "seed", 0, minimum=0), number(args, "n", 1, minimum=1)
+    defaults = {"max_new_tokens": 60, "temperature": 0.8, "top_k": 50, "seed": 0}
+    max_new, temperature, top_k, seed = check_sampling(*(args.get(k, v) for k, v in defaults.items()))
+    n = number(args, "n", 1, minimum=1)
     model, tokenizer = load(name)
     check_generator(model)
     for i in range(n):

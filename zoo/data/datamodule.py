@@ -60,6 +60,21 @@ def _round_robin(streams: Sequence[Iterable[str]]) -> Iterator[str]:
                 iters.remove(it)
 
 
+def scored_bytes(loader: Any, tokenizer: PreTrainedTokenizerFast, max_batches: int | None = None) -> bytes:
+    """The bytes the batches of ``loader`` score: each sample's labels turned back into bytes,
+    samples joined by newlines."""
+    from zoo.data.tokenizer import token_bytes
+
+    table = token_bytes(tokenizer)
+    rows = []
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        for labels in batch["labels"].tolist():
+            rows.append(b"".join(table[t] for t in labels if t >= 0))
+    return b"\n".join(rows)
+
+
 class TextDataModule(L.LightningDataModule):
     """Shared data for every family: sources → tokenizer → cached splits → batches.
 
@@ -293,22 +308,13 @@ class TextDataModule(L.LightningDataModule):
         return b"\n".join(out)
 
     def scored_text(self, loader: Any, max_batches: int | None = None) -> bytes:
-        """The bytes the batches of ``loader`` score (each sample's labels turned back into
-        bytes, samples joined by newlines), for classical compressors on the same text.
+        """The bytes the batches of ``loader`` score (:func:`scored_bytes`), for classical
+        compressors on the same text.
 
         Needed for left-padded layouts, which score only the first ``n_ctx`` tokens of each
         document; a packed layout scores (nearly) the whole split: :meth:`split_text`.
         """
-        from zoo.data.tokenizer import token_bytes
-
-        table = token_bytes(self.tokenizer)
-        rows = []
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            for labels in batch["labels"].tolist():
-                rows.append(b"".join(table[t] for t in labels if t >= 0))
-        return b"\n".join(rows)
+        return scored_bytes(loader, self.tokenizer, max_batches)
 
     def split_bytes(self, split: str) -> int:
         """UTF-8 bytes of a split's documents (as tokenised)."""

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from zoo.cli import data_options, emit, key_values, run_command
+from zoo.cli import choice, emit, json_target, key_values, number, run_command
 from zoo.errors import ZooError, unknown
 
 COMMANDS = {
@@ -77,8 +77,11 @@ def estimate(args: dict[str, Any], group: str | None) -> list[dict[str, Any]]:
     checkpoint = require(args, "checkpoint", "a .ckpt from zoo.fit or an exported model folder")
     out = Path(require(args, "out", "the folder the estimates are written to"))
     split = str(args.get("split", "train"))
-    task, dm = prepare(checkpoint, split, data_options(group, args.get("data")))
-    device = torch.device("cuda" if args.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    batch_size = number(args, "batch_size", 64, minimum=1)
+    max_documents = number(args, "max_documents", None, minimum=1)
+    accelerator = choice(args, "accelerator", "cpu", ("cpu", "gpu", "cuda"))
+    task, dm = prepare(checkpoint, split, group=group, overrides=args.get("data"))
+    device = torch.device("cuda" if accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu")
     task.to(device)
     tok = dm.tokenizer
     pad, eot = tok.convert_tokens_to_ids(PAD), tok.convert_tokens_to_ids(EOT)
@@ -90,7 +93,7 @@ def estimate(args: dict[str, Any], group: str | None) -> list[dict[str, Any]]:
         ident = {"checkpoint": str(Path(checkpoint).resolve()), "vocab_size": len(tok), "pad_id": pad, "eot_id": eot}
         summaries.append(estimate_split(
             task_model_fn(task), path, out, dm.n_ctx, pad, eot, token_byte_lengths(tok),
-            batch_size=int(args.get("batch_size", 64)), max_documents=args.get("max_documents"),
+            batch_size=batch_size, max_documents=max_documents,
             identity=ident, device=device,
         ))
     return summaries
@@ -136,14 +139,14 @@ def regress(args: dict[str, Any]) -> dict[str, Any]:
     from zoo.entropy.regressor import train_regressor
 
     folder = require(args, "estimates", "a split folder written by `python -m zoo.entropy estimate`")
+    options = dict(steps=number(args, "steps", 500, minimum=1), batch_size=number(args, "batch_size", 32, minimum=1),
+                   lr=number(args, "lr", 2e-3, float, minimum=0), held_out=number(args, "held_out", 0.1, float, 0, 1),
+                   seed=number(args, "seed", 0, minimum=0))
     docs, hs, ident = load_estimates(folder)
     if len(docs) < 2:
         raise ZooError(f"{folder}: need estimates of at least 2 documents, found {len(docs)}")
-    model, report = train_regressor(
-        docs, hs, ident["vocab_size"], ident["n_ctx"], ident["pad_id"], stack=args.get("stack"),
-        steps=int(args.get("steps", 500)), batch_size=int(args.get("batch_size", 32)), lr=float(args.get("lr", 2e-3)),
-        held_out=float(args.get("held_out", 0.1)), seed=int(args.get("seed", 0)),
-    )
+    model, report = train_regressor(docs, hs, ident["vocab_size"], ident["n_ctx"], ident["pad_id"],
+                                    stack=args.get("stack"), **options)
     if args.get("out"):
         torch.save({"state_dict": model.state_dict(), "spec": model.spec, "vocab_size": model.vocab_size,
                     "n_ctx": model.n_ctx, "fit": report, "estimates": str(folder)}, args["out"])
@@ -156,6 +159,7 @@ def _main(argv: list[str]) -> None:
     if command not in COMMANDS:
         raise unknown("command", command, COMMANDS)
     args, group = parse(command, rest)
+    target = json_target(args)  # checked before the work, whose result it would hold
     if command == "estimate":
         result: Any = estimate(args, group)
         text = "\n".join(format_summary(s) for s in result)
@@ -173,7 +177,7 @@ def _main(argv: list[str]) -> None:
             f"(predicting the mean: {result['baseline_mae_nats'] / 0.6931471805599453:.3f} bits); "
             f"mean estimate {result['mean_target_bits']:.3f}, predicted {result['mean_pred_bits']:.3f} bits/token"
         )
-    emit(result, text, args.get("json"))
+    emit(result, text, target)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
