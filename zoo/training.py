@@ -191,7 +191,8 @@ def check_resume(source: str, ckpt: Mapping[str, Any], task: LanguageModelTask, 
              "vocab_size": hp.get("vocab_size"), "n_ctx": hp.get("n_ctx")}
     here = {**{f"model.{k}": v for k, v in dict(task.hparams["model"]).items()},
             "vocab_size": task.hparams["vocab_size"], "n_ctx": task.hparams["n_ctx"]}
-    diff = [f"{k}: {there.get(k)} there, {here.get(k)} here" for k in sorted(set(there) | set(here))
+    keys = ["model.family"] if there.get("model.family") != here.get("model.family") else sorted(set(there) | set(here))
+    diff = [f"{k}: {there.get(k)} there, {here.get(k)} here" for k in keys
             if there.get(k) != here.get(k)] or ["the same options, other parameters"]
     raise ZooError(
         f"resume={source}: the checkpoint holds another model than this run builds ({'; '.join(diff)}); "
@@ -261,6 +262,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         task.model.compile()
         rank_zero_info("model compiled with torch.compile (the first steps include compilation)")
 
+    check_enough_data(dm, 1)  # before a logger run exists; again below for several processes
     logger = build_logger(config["logger"], run_dir, config["name"], config)
     best = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best-{step}", monitor="val/bpb", mode="min", save_top_k=1,
@@ -299,7 +301,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
 
     world = trainer.world_size
-    check_enough_data(dm, world)
+    if world > 1:
+        check_enough_data(dm, world)
     rank_zero_info(
         f"global batch: {dm.batch_size} samples x {world} process(es) x {trainer.accumulate_grad_batches} "
         f"accumulation = {dm.batch_size * world * trainer.accumulate_grad_batches} samples "
