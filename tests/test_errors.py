@@ -22,7 +22,8 @@ from zoo.hub.folder import load_pretrained, read_checkpoint
 BAD_INPUT = [
     ("unknown recipe", ["recipe=nope"], "unknown recipe 'nope'; available:"),
     ("mistyped config key", ["trainer.max_stepz=3"], "unknown config key 'trainer.max_stepz' (did you mean 'max_steps'?)"),
-    ("wrong value type", ["trainer.max_steps=abc"], "trainer.max_steps must be an integer >= -1; got 'abc'"),
+    ("wrong value type", ["trainer.max_steps=abc"], "trainer.max_steps must be a positive integer, or -1 (no limit); got 'abc'"),
+    ("zero training steps", ["trainer.max_steps=0"], "trainer.max_steps must be a positive integer, or -1 (no limit); got 0"),
     ("value out of range", ["optim.min_lr_ratio=-0.5"], "optim.min_lr_ratio must be a number in [0, 1]; got -0.5"),
     ("unknown group option", ["model=llama_huge"], "unknown model option 'llama_huge'"),
     ("unknown source name", ["data.sources.0.name=wiki"], "unknown data source 'wiki'"),

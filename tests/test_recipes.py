@@ -101,7 +101,7 @@ def test_schema_and_recipes_import_no_torch() -> None:
 # --------------------------------------------------------------------------- bad values
 @pytest.mark.parametrize("override, message", [
     ("optim.min_lr_ratio=-0.5", "optim.min_lr_ratio must be a number in [0, 1]; got -0.5"),  # range
-    ("trainer.max_steps=1.5", "trainer.max_steps must be an integer >= -1; got 1.5"),  # type
+    ("trainer.max_steps=1.5", "trainer.max_steps must be a positive integer, or -1 (no limit); got 1.5"),  # type
     ("data.batch_size=abc", "data.batch_size must be a positive integer; got 'abc'"),  # type
 ], ids=["range", "float-for-int", "str-for-int"])
 def test_bad_value_fails_in_one_line_before_any_work(override, message, tmp_path) -> None:
@@ -123,8 +123,8 @@ BAD = [
     ("optim.name=sgd", "optim.name must be one of adamw, adamw8bit; got 'sgd'"),
     ("optim.betas=[0.9]", "optim.betas must be a list of 2 numbers in [0, 1); got [0.9]"),
     ("optim.fused=3", "optim.fused must be true or false; got 3"),
-    ("trainer.max_steps=-2", "trainer.max_steps must be an integer >= -1; got -2"),
-    ("trainer.max_steps=abc", "trainer.max_steps must be an integer >= -1; got 'abc'"),
+    ("trainer.max_steps=-2", "trainer.max_steps must be a positive integer, or -1 (no limit); got -2"),
+    ("trainer.max_steps=abc", "trainer.max_steps must be a positive integer, or -1 (no limit); got 'abc'"),
     ("trainer.val_check_interval=0", "trainer.val_check_interval must be a positive integer (steps)"),
     ("+trainer.max_stepss=3", "trainer.max_stepss is not a Lightning Trainer argument (did you mean 'max_steps'?)"),
     ("data.n_ctx=0", "data.n_ctx must be a positive integer; got 0"),

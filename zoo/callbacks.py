@@ -9,14 +9,20 @@
 * :class:`LoggedStepsThroughput` is Lightning's ``ThroughputMonitor`` without its CUDA
   synchronisation after every training step: it times only the steps that write logs.
 * :class:`AtomicCheckpointIO` writes checkpoints to a temporary file and renames it into
-  place, so a kill during a write never leaves a half-written ``last.ckpt``.
+  place, so a kill during a write never leaves a half-written ``last.ckpt``; a write that
+  fails (a full disk) says so in one line and leaves the previous file as it was.
+  :func:`remove_stale_temporaries` removes the temporaries of writes that were killed.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
+import re
+import resource
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +39,91 @@ from zoo.schema import NONFINITE_ACTIONS
 log = logging.getLogger(__name__)
 
 
+#: errors that mean "no room for the file": a full disk, a quota, a file size limit
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: the name of a temporary checkpoint file: ``.last.ckpt.tmp-PID`` (PID: the writing process)
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+#: a temporary not modified for this long is no write in progress (a write updates it constantly)
+IDLE_SECONDS = 60.0
+
+
+def temporary_path(path: Path) -> Path:
+    """Where this process writes ``path`` before renaming it into place."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, started: float) -> list[Path]:
+    """Delete the temporary checkpoint files (``.NAME.tmp-PID``) that killed writes left in
+    ``folder``: those whose process is gone, or that were idle since before this run
+    ``started`` (a reused PID). Nothing else is touched. Returns the files removed."""
+    removed = []
+    for p in sorted(folder.glob(".*.tmp-*")) if folder.is_dir() else []:
+        m = TEMPORARY.match(p.name)
+        if m is None or not p.is_file() or int(m["pid"]) == os.getpid():
+            continue
+        try:
+            stale = not _alive(int(m["pid"])) or p.stat().st_mtime < started - IDLE_SECONDS
+            if stale:
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            continue
+    if removed:
+        log.info("removed %d temporary file(s) of killed checkpoint writes in %s", len(removed), folder)
+    return removed
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def write_failed(path: Path, error: BaseException) -> ZooError:
+    """The one-line error for a checkpoint that could not be written: the path, why (as far as
+    the error tells), the free space there and a file size limit if one is set."""
+    code = getattr(error, "errno", None)
+    if code in NO_SPACE:
+        why = os.strerror(code).lower()
+    else:  # torch's writer drops the errno: "[enforce fail at inline_container.cc:...] ..."
+        why = f"the write failed ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    free = _bytes(shutil.disk_usage(path.parent).free)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    cap = f", files limited to {_bytes(limit)} (ulimit -f)" if limit != resource.RLIM_INFINITY else ""
+    return ZooError(
+        f"cannot write checkpoint {path}: {why}; {free} free on its disk{cap}. "
+        f"Free some space (or write runs elsewhere: out_dir=...); any previous {path.name} is unchanged"
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` that writes ``path.tmp`` and renames it over ``path``."""
+    """``TorchCheckpointIO`` that writes ``.NAME.tmp-PID`` and renames it over ``path``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temporary_path(path)
         try:
             torch.save(checkpoint, tmp)
             os.replace(tmp, path)
+        except OSError as e:
+            raise write_failed(path, e) from e
+        except RuntimeError as e:
+            if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+                raise
+            raise write_failed(path, e) from e
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -11,6 +11,7 @@ beside gzip, bz2 and xz on the same text.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from zoo.recipes import (
     list_recipes,
     recipe_summary,
     recipes_dir,
+    run_dir,
 )
 
 USAGE = """\
@@ -57,6 +59,29 @@ def latest_run_dir(cfg: DictConfig) -> Path | None:
     base = Path(cfg.out_dir) / cfg.name
     runs = sorted(base.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     return runs[-1].parent.parent if runs else None
+
+
+def create_run_dir(path: Path) -> Path:
+    """Create a new, empty run folder at ``path``, or at ``path_2``, ``path_3``, ... if it exists.
+
+    ``mkdir`` without ``exist_ok`` is atomic: of two runs started in the same second (whose
+    ``${now:...}`` folders are the same) only one can create a name, the other takes the next.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = path, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = path.with_name(f"{path.name}_{n}")
+
+
+def is_worker_process() -> bool:
+    """Whether this process is one of several a launcher started (Lightning's DDP children,
+    torchrun): those share the run folder the launching process chose."""
+    return any(os.environ.get(k) for k in ("LOCAL_RANK", "RANK"))
 
 
 def parse_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
@@ -97,10 +122,17 @@ def _main(argv: list[str]) -> None:
     cfg, user = compose_overrides(recipe, [o for o in overrides if not o.startswith("hydra.")])
     overrides = [*user, *hydra_overrides]
     extra = []
-    if cfg.get("resume") == "auto" and not any(o.startswith("hydra.run.dir=") for o in overrides):
-        prev = latest_run_dir(cfg)
-        if prev is not None:
+    if not any(f in ("--cfg", "-c", "--info", "--multirun", "-m") for f in flags):  # a job runs
+        from zoo.training import check_devices  # torch: only once the config is valid
+
+        check_devices(cfg.trainer)  # a job that cannot start creates no run folder
+        given_dir = any(o.startswith("hydra.run.dir=") for o in overrides)
+        prev = latest_run_dir(cfg) if cfg.get("resume") == "auto" and not given_dir else None
+        if prev is not None:  # resume=auto continues in the latest run's folder, on purpose
             extra.append(f"hydra.run.dir={prev}")
+        elif not (cfg.get("resume") == "auto" and given_dir) and not is_worker_process():
+            extra.append(f"hydra.run.dir={create_run_dir(run_dir(recipe, overrides))}")
+            overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
 
     import hydra
     from hydra.core.hydra_config import HydraConfig

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
@@ -18,6 +19,15 @@ log = logging.getLogger(__name__)
 
 KINDS = ("wandb", "csv", "none")
 WANDB_MODES = ("auto", "offline", "online")
+#: seconds to wait for the W&B server before logging offline (a reachable one answers in well under)
+PROBE_SECONDS = 5.0
+#: seconds W&B may take to start an online run once its server answered
+INIT_SECONDS = 30.0
+
+
+def wandb_base_url() -> str:
+    """The W&B server this process would talk to (``WANDB_BASE_URL``, else the public one)."""
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
 
 
 def wandb_logged_in() -> bool:
@@ -25,9 +35,32 @@ def wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
+        return netrc.netrc().authenticators(urlparse(wandb_base_url()).hostname or "api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+
+
+def wandb_unreachable() -> str | None:
+    """Why an online W&B run cannot start here (no API key, server unreachable), or None.
+
+    One HTTP request with a short timeout (proxies from the environment apply, as they do to
+    W&B): wandb itself would retry for a minute and more before it gives up.
+    """
+    if not wandb_logged_in():
+        return "no API key configured (wandb login, or WANDB_API_KEY)"
+    import requests
+
+    url = wandb_base_url()
+    try:
+        requests.get(url, timeout=PROBE_SECONDS)
+    except requests.RequestException as e:
+        return f"{url} is unreachable ({type(e).__name__})"
+    return None
+
+
+def _offline_note(reason: str, run_dir: Path) -> None:
+    log.warning("W&B online run cannot start: %s; logging offline instead (upload later: wandb sync %s)",
+                reason, run_dir / "wandb")
 
 
 def wandb_mode(requested: str = "auto") -> str:
@@ -67,31 +100,44 @@ def build_logger(
         import wandb
 
         mode = wandb_mode(cfg.get("mode", "auto"))
-        id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same W&B run
-        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
         unknown_keys = set(cfg) - {"mode", "project", "entity", "tags"}
         if unknown_keys:
             raise ZooError(f"unknown logger option(s) {sorted(unknown_keys)}; allowed: mode, project, entity, tags")
-        logger = WandbLogger(
-            name=name,
-            project=cfg.get("project", "zoo"),
-            entity=cfg.get("entity"),
-            tags=list(cfg.get("tags") or []),
-            save_dir=str(run_dir),
-            offline=mode == "offline",
-            id=run_id,
-            resume="allow",
-            settings=wandb.Settings(init_timeout=60, x_disable_stats=True),
-        )
+        reason = wandb_unreachable() if mode == "online" else None
+        if reason:  # say so at once and log offline, rather than wait on wandb's retries
+            _offline_note(reason, run_dir)
+            mode = "offline"
+        id_file = run_dir / "wandb_id.txt"  # a resumed run continues the same W&B run
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         try:
-            _ = logger.experiment  # start the run now, so a network failure is caught here
-        except Exception as e:  # any failure to reach W&B must not stop training
+            logger = _wandb_logger(cfg, run_dir, name, mode, run_id)
+        except Exception as e:  # the server answered, but the run did not start: never stop training
             if mode != "online":
                 raise
-            log.warning("W&B online run failed to start (%s); logging offline instead", e)
-            os.environ["WANDB_MODE"] = "offline"
-            return build_logger({**cfg, "kind": "wandb", "mode": "offline"}, run_dir, name, config)
+            _offline_note(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", run_dir)
+            wandb.teardown()  # the failed run's ID stays "in use" in wandb's service otherwise
+            run_id = uuid.uuid4().hex[:12]
+            logger = _wandb_logger(cfg, run_dir, name, "offline", run_id)
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id)
     logger.log_hyperparams(dict(config))
+    return logger
+
+
+def _wandb_logger(cfg: Mapping[str, Any], run_dir: Path, name: str, mode: str, run_id: str) -> Logger:
+    """A ``WandbLogger`` whose run has started (so a failure to start is raised here)."""
+    import wandb
+
+    logger = WandbLogger(
+        name=name,
+        project=cfg.get("project", "zoo"),
+        entity=cfg.get("entity"),
+        tags=list(cfg.get("tags") or []),
+        save_dir=str(run_dir),
+        offline=mode == "offline",
+        id=run_id,
+        resume="allow",
+        settings=wandb.Settings(mode=mode, init_timeout=INIT_SECONDS, x_disable_stats=True),
+    )
+    _ = logger.experiment  # start the run now
     return logger

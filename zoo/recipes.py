@@ -81,14 +81,21 @@ def compose_overrides(recipe: str, overrides: Sequence[str] = (), validate: bool
     return cfg, overrides
 
 
-def _hydra_compose(recipe: str, overrides: Sequence[str]) -> DictConfig:
+def run_dir(recipe: str, overrides: Sequence[str] = ()) -> Path:
+    """The run folder Hydra would give this run now: ``hydra.run.dir`` of the composed recipe
+    (``hydra.*`` overrides included), resolved (``${now:...}`` is the current time)."""
+    cfg = _hydra_compose(recipe, overrides, hydra=True)
+    return Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+
+
+def _hydra_compose(recipe: str, overrides: Sequence[str], hydra: bool = False) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
     with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
         try:
-            return hydra_compose(config_name=recipe, overrides=list(overrides))
+            return hydra_compose(config_name=recipe, overrides=list(overrides), return_hydra_config=hydra)
         except HydraException as e:  # what the checks before could not tell: Hydra's own words
             first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
     raise ZooError(f"bad override for recipe '{recipe}': {first}")

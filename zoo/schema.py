@@ -384,7 +384,8 @@ def _int_or_fraction(lo_int: int, zero_fraction: bool) -> Any:
 
 #: trainer options checked here: key -> (type, checks) as for a schema field, or (None, predicate, words)
 TRAINER_OPTIONS: dict[str, tuple[Any, ...]] = {
-    "max_steps": (int, {"ge": -1}),
+    "max_steps": (None, lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v > 0),
+                  "a positive integer, or -1 (no limit)"),  # 0 would train nothing
     "max_epochs": (int | None, {"ge": -1}),
     "num_nodes": (int, {"gt": 0}),
     "log_every_n_steps": (int, {"gt": 0}),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from zoo.callbacks import (
     NonFiniteGuard,
     RNGState,
     SaveOnInterrupt,
+    remove_stale_temporaries,
 )
 from zoo.compression import compressed_bits_per_byte
 from zoo.data.datamodule import TextDataModule
@@ -139,17 +141,77 @@ def init_weights_from(task: LanguageModelTask, source: str, tokenizer: Any) -> N
     else:
         ckpt = read_checkpoint(path)
         state, source_tokenizer = model_state(ckpt), tokenizer_from_checkpoint(ckpt)
-    if tokenizer_fingerprint(source_tokenizer) != tokenizer_fingerprint(tokenizer):
-        hint = path / "tokenizer.json" if path.is_dir() else "the tokenizer it was trained with"
-        raise ZooError(
-            f"init_from={source} was trained with a different tokenizer than this run's "
-            f"({len(source_tokenizer)} vs {len(tokenizer)} tokens); train with its tokenizer: "
-            f"data.tokenizer.path={hint}"
-        )
+    hint = path / "tokenizer.json" if path.is_dir() else "the tokenizer it was trained with"
+    check_tokenizer(f"init_from={source}", source_tokenizer, tokenizer, f"train with its tokenizer: data.tokenizer.path={hint}")
     try:
         load_base_state(task.model, state)  # an adapted model: into its frozen base
     except RuntimeError as e:
         raise ZooError(f"init_from={source}: weights do not fit this model ({str(e).splitlines()[0]})") from e
+
+
+def check_tokenizer(what: str, source: Any, tokenizer: Any, advice: str) -> None:
+    """Refuse weights trained with another tokenizer than this run's: the same vocabulary size
+    with other merges would load without complaint and silently mean other tokens."""
+    if tokenizer_fingerprint(source) != tokenizer_fingerprint(tokenizer):
+        raise ZooError(
+            f"{what} was trained with a different tokenizer than this run's "
+            f"({len(source)} vs {len(tokenizer)} tokens); {advice}"
+        )
+
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_devices(trainer_cfg: Mapping[str, Any]) -> None:
+    """Refuse a GPU trainer on a machine without a CUDA GPU at once, before any data, logger
+    or run folder exists (Lightning would say it only after all of them)."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if accelerator in GPU_ACCELERATORS:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ZooError(
+                f"trainer.accelerator={accelerator}: no CUDA GPU is available on this machine; on CPUs "
+                "use trainer=cpu (one process) or trainer=ddp_cpu (DDP over CPU processes)"
+            )
+
+
+def check_resume(source: str, ckpt: Mapping[str, Any], task: LanguageModelTask, tokenizer: Any) -> None:
+    """Refuse a checkpoint this run cannot continue: another tokenizer, or weights of another
+    model (another family, other sizes) than the one this run builds. Checked before Lightning
+    loads it, which would fail with the whole list of mismatched keys."""
+    new_run = "start a new run (another out_dir= or name=)"
+    check_tokenizer(f"resume={source}", tokenizer_from_checkpoint(ckpt), tokenizer,
+                    f"resume with the data options it was trained with, or {new_run}")
+    held, built = ckpt["state_dict"], task.state_dict()
+    if held.keys() == built.keys() and all(tuple(held[k].shape) == tuple(built[k].shape) for k in built):
+        return
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    there = {**{f"model.{k}": v for k, v in dict(hp.get("model") or {}).items()},
+             "vocab_size": hp.get("vocab_size"), "n_ctx": hp.get("n_ctx")}
+    here = {**{f"model.{k}": v for k, v in dict(task.hparams["model"]).items()},
+            "vocab_size": task.hparams["vocab_size"], "n_ctx": task.hparams["n_ctx"]}
+    keys = ["model.family"] if there.get("model.family") != here.get("model.family") else sorted(set(there) | set(here))
+    diff = [f"{k}: {there.get(k)} there, {here.get(k)} here" for k in keys
+            if there.get(k) != here.get(k)] or ["the same options, other parameters"]
+    raise ZooError(
+        f"resume={source}: the checkpoint holds another model than this run builds ({'; '.join(diff)}); "
+        f"to train this model {new_run}, or start it from those weights with init_from=PATH"
+    )
+
+
+def check_enough_data(dm: TextDataModule, world: int) -> None:
+    """Refuse a run whose train split has not one global batch of samples (a long ``data.n_ctx``
+    on a small corpus): it would train nothing and end without a checkpoint."""
+    if dm.streaming:
+        return
+    n, batch = len(dm.dataset("train")), dm.batch_size * world
+    if n < batch:
+        raise ZooError(
+            f"data.n_ctx={dm.n_ctx}: the train split holds {n} sample(s) of {dm.n_ctx + 1} tokens, fewer than "
+            f"one batch of {batch} (data.batch_size={dm.batch_size} x {world} process(es)); "
+            "lower data.n_ctx or data.batch_size, or use more data"
+        )
 
 
 def prepare_command(config: Mapping[str, Any]) -> str:
@@ -161,7 +223,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, checkpoint, report and export one run; returns the final report."""
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
+    check_devices(config["trainer"])  # before anything is created
+    started = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints"
+    remove_stale_temporaries(ckpt_dir, started)  # writes an earlier, killed run left half done
+    resume, resume_ckpt = resume_checkpoint(config.get("resume"), ckpt_dir)
     L.seed_everything(config["seed"], workers=True)
 
     if config["model"].get("adapter") is not None and not config.get("init_from"):
@@ -181,6 +248,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     if config.get("init_from"):
         init_weights_from(task, config["init_from"], dm.tokenizer)
+    if resume_ckpt is not None:
+        label = f"auto ({resume})" if config["resume"] == "auto" else config["resume"]
+        check_resume(label, resume_ckpt, task, dm.tokenizer)
+        del resume_ckpt  # Lightning reads it again (into the strategy's devices)
     n = parameter_counts(task.model)
     rank_zero_info(
         f"model: {config['model'].get('family')}{' + LoRA adapter' if is_adapted(task.model) else ''} — "
@@ -191,8 +262,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         task.model.compile()
         rank_zero_info("model compiled with torch.compile (the first steps include compilation)")
 
+    check_enough_data(dm, 1)  # before a logger run exists; again below for several processes
     logger = build_logger(config["logger"], run_dir, config["name"], config)
-    ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best-{step}", monitor="val/bpb", mode="min", save_top_k=1,
         auto_insert_metric_name=False,
@@ -230,12 +301,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
 
     world = trainer.world_size
+    if world > 1:
+        check_enough_data(dm, world)
     rank_zero_info(
         f"global batch: {dm.batch_size} samples x {world} process(es) x {trainer.accumulate_grad_batches} "
         f"accumulation = {dm.batch_size * world * trainer.accumulate_grad_batches} samples "
         f"({dm.batch_size * world * trainer.accumulate_grad_batches * dm.n_ctx:,} tokens) per optimizer step"
     )
-    trainer.fit(task, datamodule=dm, ckpt_path=resume_path(config.get("resume"), ckpt_dir), weights_only=True)
+    trainer.fit(task, datamodule=dm, ckpt_path=resume, weights_only=True)
 
     # final report: the best checkpoint (by val BPB) on train (capped to val's size), val, test
     splits = list(config["report"]["splits"])
@@ -316,22 +389,26 @@ def format_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
-    """The checkpoint ``resume=`` points to: ``auto`` finds this run's ``last.ckpt``."""
+def resume_checkpoint(resume: str | None, ckpt_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint ``resume=`` points to (``auto``: this run's ``last.ckpt``), read safely.
+
+    Returns ``(path, checkpoint)``, or ``(None, None)`` to start fresh. Every checkpoint goes
+    through :func:`read_checkpoint` before Lightning opens it, so a truncated, foreign or
+    unsafe file is refused in one line.
+    """
     if not resume:
-        return None
+        return None, None
     if resume == "auto":
         last = ckpt_dir / "last.ckpt"
-        if last.is_file():
-            rank_zero_info(f"resuming from {last}")
-            return str(last)
-        rank_zero_info("resume=auto: no checkpoint of an earlier run found; starting fresh")
-        return None
+        if not last.is_file():
+            rank_zero_info("resume=auto: no checkpoint of an earlier run found; starting fresh")
+            return None, None
+        rank_zero_info(f"resuming from {last}")
+        return str(last), read_checkpoint(last)
     path = Path(resume).expanduser()
     if not path.is_file():
         raise ZooError(f"resume={resume}: no such checkpoint file")
-    read_checkpoint(path)  # refuse unsafe or foreign checkpoints before Lightning opens them
-    return str(path)
+    return str(path), read_checkpoint(path)  # refuse unsafe or foreign checkpoints before Lightning opens them
 
 
 @rank_zero_only
