@@ -100,6 +100,7 @@ BAD = {
     "choice": ["nope", ""],
     "bool": ["maybe", ""],
     "model": ["/nonexistent/zoo-model", "{dir}", ""],  # a model folder, .ckpt or published name
+    "text": ["/nonexistent/zoo-*.txt", "{dir}", ""],  # files to read: a glob that matches nothing, an empty folder
     "json": ["{dir}", "/nonexistent/zoo-dir/x.json", "{file}/x.json"],  # a file to write
     "out_dir": ["{file}", "{file}/sub"],  # a folder to create or write into
     "data": ["nope", ""],  # a data group of recipes/data
@@ -111,7 +112,7 @@ BAD = {
 SPECS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "evaluate": ("zoo.evaluate", ["checkpoint={published}/llama-edu", "max_batches=1"], {
         "checkpoint": "model", "split": "choice", "data": "data", "max_batches": "count", "json": "json",
-        "accelerator": "choice", "quantize": "choice"}),
+        "accelerator": "choice", "quantize": "choice", "text": "text"}),
     "generate": ("zoo.generate", ["llama-edu", "max_new_tokens=2"], {
         "prompt": "free", "max_new_tokens": "count", "temperature": "number0", "top_k": "count0", "seed": "count0",
         "n": "count"}),

@@ -138,10 +138,12 @@ def emit(result: Any, text: str, target: str | None) -> None:
         Path(target).write_text(json.dumps(result, indent=1))
 
 
-def key_values(argv: Sequence[str], allowed: Iterable[str], what: str = "option") -> dict[str, str]:
+def key_values(argv: Sequence[str], allowed: Iterable[str], what: str = "option",
+               empty_ok: Iterable[str] = ()) -> dict[str, str]:
     """``["a=1", "b.c=x"]`` -> ``{"a": "1", "b.c": "x"}``, values as typed; every key's first
-    dotted part must be in ``allowed``."""
-    allowed = tuple(allowed)
+    dotted part must be in ``allowed``, and only the keys in ``empty_ok`` (free text such as
+    a prompt) may be given an empty value."""
+    allowed, empty_ok = tuple(allowed), set(empty_ok)
     args: dict[str, str] = {}
     for a in argv:
         if "=" not in a:
@@ -149,8 +151,26 @@ def key_values(argv: Sequence[str], allowed: Iterable[str], what: str = "option"
         key, value = a.split("=", 1)
         if key.split(".")[0] not in allowed:
             raise unknown(what, key, allowed)
+        if value == "" and key not in empty_ok:
+            raise ZooError(f"{key}= has no value; give one, or leave {key}= out for its default")
         args[key] = value
     return args
+
+
+def writable_folder(args: Mapping[str, Any], key: str) -> Path | None:
+    """``args[key]`` as a folder a command will create or write into, checked before any work:
+    not an existing file, under no file, and writable where it exists. ``None`` if not given."""
+    if args.get(key) in (None, ""):
+        return None
+    path = Path(str(args[key])).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ZooError(f"{key}={args[key]}: {path} is a file, not a folder; give a folder")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ZooError(f"{key}={args[key]}: {existing} is a file, so no folder can be made below it")
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise ZooError(f"{key}={args[key]}: {existing} is not writable")
+    return path
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -157,7 +157,7 @@ def prepare(
     """
     if split not in SPLITS:
         raise unknown("split", split, SPLITS)
-    task, tokenizer, run = load_task(checkpoint)
+    task, tokenizer, run = load_named_task(checkpoint)
     _check_tokenizer_override((overrides or {}).get("tokenizer") or (data or {}).get("tokenizer"),
                               tokenizer, task.hparams.vocab_size)
     data_cfg = data_options(group, overrides, base={**dict(run.get("data") or {}), **dict(data or {})})
@@ -190,6 +190,14 @@ def score(task: LanguageModelTask, loader: Any, split: str, max_batches: int | N
     finally:
         quiet.setLevel(level)
     return {k.split("/")[-1]: float(v) for k, v in metrics.items()}
+
+
+def load_named_task(checkpoint: str | Path) -> tuple[LanguageModelTask, Any, dict[str, Any]]:
+    """:func:`load_task`, with an error that names the ``checkpoint=`` option."""
+    try:
+        return load_task(checkpoint)
+    except ZooError as e:
+        raise ZooError(f"checkpoint={checkpoint}: {e}") from None
 
 
 def text_documents(paths: str | Sequence[str]) -> list[str]:
@@ -239,7 +247,7 @@ def evaluate_text(
 ) -> dict[str, Any]:
     """Score EVERY document of the files ``text`` names (no split) with the model's own
     tokenizer: the metrics of :func:`evaluate`, plus the compressors on the same bytes."""
-    task, tokenizer, run = load_task(checkpoint)
+    task, tokenizer, run = load_named_task(checkpoint)
     docs = text_documents(text)
     data = dict(run.get("data") or {})
     layout = str(data.get("layout") or "packed")
@@ -362,7 +370,10 @@ def _main(argv: list[str]) -> None:
         if clash:
             raise ZooError(f"text= scores every document of the files: drop {clash}= "
                            "(data options, splits and quantize= apply to a data source)")
-        build_source({"name": "files", "paths": raw["text"]})  # the files exist, before the model loads
+        try:  # the files exist, before the model loads
+            build_source({"name": "files", "paths": raw["text"]})
+        except ZooError as e:
+            raise ZooError(f"text={raw['text']}: {e}") from None
         result: Any = evaluate_text(raw["checkpoint"], raw["text"], max_batches, accelerator)
         emit(result, format_row(result), target)
         return

@@ -130,7 +130,7 @@ def _main(argv: list[str]) -> None:
     name, rest = argv[0], argv[1:]
     if "=" in name:
         raise ZooError("usage: python -m zoo.generate NAME prompt=TEXT [max_new_tokens=N temperature=T top_k=K seed=S]")
-    args = key_values(rest, OPTIONS)
+    args = key_values(rest, OPTIONS, empty_ok=("prompt",))
     defaults = {"max_new_tokens": 60, "temperature": 0.8, "top_k": 50, "seed": 0}
     max_new, temperature, top_k, seed = check_sampling(*(args.get(k, v) for k, v in defaults.items()))
     n = number(args, "n", 1, minimum=1)

@@ -43,10 +43,18 @@ OPTIONS = ("run", "name", "precision", "precision_reason", "bf16_tolerance", "ev
 
 
 def _main(argv: list[str]) -> None:
-    from zoo.cli import key_values, number
-    from zoo.errors import ZooError
+    from zoo.cli import flag, key_values, number
+    from zoo.errors import ZooError, unknown
     from zoo.hub.manifest import read_manifest
-    from zoo.hub.publish import BF16_TOLERANCE, publish, recard, update_zoo_page, verify_all
+    from zoo.hub.publish import (
+        BF16_TOLERANCE,
+        PRECISIONS,
+        publish,
+        recard,
+        update_zoo_page,
+        verify_all,
+    )
+    from zoo.recipes import list_group
 
     if argv == ["table"]:
         update_zoo_page()
@@ -60,18 +68,24 @@ def _main(argv: list[str]) -> None:
     bad = [a for a in argv if "=" not in a]
     if bad:
         raise ZooError(f"arguments are key=value (or one of: table, verify, recard); got {bad[0]!r}")
-    args = key_values(argv, OPTIONS)
+    args = key_values(argv, OPTIONS, empty_ok=("description", "precision_reason"))
     if "name" not in args:
         raise ZooError("name=NAME is required (the published name, e.g. name=mixer-edu)")
-    table = args.get("table", "true")
-    publish(
-        args["name"], run=args.get("run"), precision=args.get("precision", "auto"),
+    # every option is checked before the run folder is read or anything is written
+    groups = list_group("data")
+    eval_data = [d for d in args.get("eval", "edu,math").split(",") if d]
+    for d in eval_data:
+        if d not in groups:
+            raise unknown("eval data group", d, groups)
+    options = dict(
+        precision=args.get("precision", "auto"), table=flag(args, "table", True),
         bf16_tolerance=number(args, "bf16_tolerance", BF16_TOLERANCE, float, minimum=0),
-        eval_data=[d for d in args.get("eval", "edu,math").split(",") if d],
-        check_batches=number(args, "check_batches", 2, minimum=1), description=args.get("description", ""),
-        table=table.lower() not in ("false", "0", "no"),
-        precision_reason=args.get("precision_reason", ""),
+        check_batches=number(args, "check_batches", 2, minimum=1),
     )
+    if options["precision"] not in PRECISIONS:
+        raise unknown("precision", options["precision"], PRECISIONS)
+    publish(args["name"], run=args.get("run"), eval_data=eval_data, description=args.get("description", ""),
+            precision_reason=args.get("precision_reason", ""), **options)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from zoo.cli import choice, emit, json_target, key_values, number, run_command
+from zoo.cli import choice, emit, json_target, key_values, number, run_command, writable_folder
 from zoo.errors import ZooError, unknown
 
 COMMANDS = {
@@ -75,7 +75,9 @@ def estimate(args: dict[str, Any], group: str | None) -> list[dict[str, Any]]:
     from zoo.evaluate import prepare
 
     checkpoint = require(args, "checkpoint", "a .ckpt from zoo.fit or an exported model folder")
-    out = Path(require(args, "out", "the folder the estimates are written to"))
+    require(args, "out", "the folder the estimates are written to")
+    out = writable_folder(args, "out")
+    assert out is not None
     split = str(args.get("split", "train"))
     batch_size = number(args, "batch_size", 64, minimum=1)
     max_documents = number(args, "max_documents", None, minimum=1)

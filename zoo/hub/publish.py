@@ -47,6 +47,7 @@ from zoo.hub.registry import data_description
 from zoo.models import count_parameters, family_class
 
 #: |BPB(bf16) - BPB(fp32)| up to which precision=auto stores bfloat16 weights
+PRECISIONS = ("auto", "bf16", "fp32")
 BF16_TOLERANCE = 0.002
 #: tolerance the tests allow between a card's check BPB and a fresh evaluation (same batches,
 #: same weights; only float summation order can differ between machines and thread counts)
@@ -263,8 +264,8 @@ def publish(
     """
     if not NAME_RE.match(name):
         raise ZooError(f"name={name!r}: use lowercase letters, digits, '.' and '-' (like mixer-edu)")
-    if precision not in ("auto", "bf16", "fp32"):
-        raise unknown("precision", precision, ("auto", "bf16", "fp32"))
+    if precision not in PRECISIONS:
+        raise unknown("precision", precision, PRECISIONS)
     source, run_dir = resolve_source(run, name)
     root = checkpoints_dir()
     log(f"publishing {source} as {root / name}" + (f" (run {run_dir})" if run_dir else ""))
