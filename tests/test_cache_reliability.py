@@ -245,3 +245,36 @@ def test_prepare_command_refuses_a_huge_line_in_one_line(one_huge_line, tmp_path
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "max_document_bytes" in errors[0], proc.stderr
     assert time.perf_counter() - start < 120
+
+
+def test_a_full_disk_during_preparation_is_one_line_and_keeps_what_is_done(tmp_path) -> None:
+    """Shards written by worker processes hit a file size limit (RLIMIT_FSIZE: writes past it
+    fail with EFBIG, as on a full disk): one line naming the cache and the free space, no
+    traceback; run again without the limit, the same command finishes."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = "the sea rises and falls over the old harbour wall while gulls cry".split()
+    for i in range(3):
+        text = "\n\n".join(" ".join(words[(j + k + i) % len(words)] for k in range(40)) for j in range(1500))
+        (corpus / f"part{i}.txt").write_text(text)
+    args = [sys.executable, "-m", "zoo.data", "prepare", "data=files", f"data.sources.0.paths={corpus}",
+            "data.sources.0.txt_split=paragraph", "data.tokenizer.vocab_size=300", "num_proc=2"]
+    env = {**os.environ, "ZOO_CACHE": str(tmp_path / "cache")}
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(errors) == 1 and "cannot write the token cache" in errors[0] and "free on its disk" in errors[0], errors
+    assert "Traceback" not in proc.stderr
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]

@@ -16,13 +16,10 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
 import re
-import resource
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +30,13 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from zoo.errors import ZooError, unknown
+from zoo.errors import NO_SPACE, ZooError, space_note, unknown
 from zoo.schema import NONFINITE_ACTIONS
 
 log = logging.getLogger(__name__)
 
 
 #: errors that mean "no room for the file": a full disk, a quota, a file size limit
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 #: the name of a temporary checkpoint file: ``.last.ckpt.tmp-PID`` (PID: the writing process)
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 #: a temporary not modified for this long is no write in progress (a write updates it constantly)
@@ -83,14 +79,6 @@ def remove_stale_temporaries(folder: Path, started: float) -> list[Path]:
     return removed
 
 
-def _bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def write_failed(path: Path, error: BaseException) -> ZooError:
     """The one-line error for a checkpoint that could not be written: the path, why (as far as
     the error tells), the free space there and a file size limit if one is set."""
@@ -99,11 +87,8 @@ def write_failed(path: Path, error: BaseException) -> ZooError:
         why = os.strerror(code).lower()
     else:  # torch's writer drops the errno: "[enforce fail at inline_container.cc:...] ..."
         why = f"the write failed ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-    free = _bytes(shutil.disk_usage(path.parent).free)
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    cap = f", files limited to {_bytes(limit)} (ulimit -f)" if limit != resource.RLIM_INFINITY else ""
     return ZooError(
-        f"cannot write checkpoint {path}: {why}; {free} free on its disk{cap}. "
+        f"cannot write checkpoint {path}: {why}; {space_note(path.parent)}. "
         f"Free some space (or write runs elsewhere: out_dir=...); any previous {path.name} is unchanged"
     )
 

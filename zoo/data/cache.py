@@ -45,7 +45,7 @@ from transformers import PreTrainedTokenizerFast
 
 from zoo.data.sources import SPLITS, Source, Unit
 from zoo.data.tokenizer import EOT, tokenizer_fingerprint
-from zoo.errors import ZooError
+from zoo.errors import NO_SPACE, ZooError, space_note
 
 CACHE_VERSION = 2
 #: bytes at each end of a shard whose hash is checked at every open (cheap: 128 KiB a shard)
@@ -213,7 +213,10 @@ class _SplitWriter:
                 "max_id": self.max_id if n_docs else None}
 
     def abort(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # its buffer cannot be written (a full disk): the file goes anyway
+            pass
         self.tmp.unlink(missing_ok=True)
 
 
@@ -245,12 +248,18 @@ def write_shard(source: Source, unit: Unit, tokenizer: PreTrainedTokenizerFast, 
                 flush(split)
         for split in SPLITS:
             flush(split)
-    except BaseException:
+        record = {"unit": unit.index, "splits": {split: w.close() for split, w in writers.items()}}
+        write_json(stem.with_suffix(".done.json"), record)
+    except BaseException as e:
         for w in writers.values():
             w.abort()
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            raise ZooError(
+                f"cannot write the token cache {folder}: {os.strerror(e.errno).lower()}; {space_note(folder)}. "
+                "Free some space, or put the cache elsewhere (data.cache_dir=... or $ZOO_CACHE); "
+                "finished shards are kept, so the same command continues"
+            ) from None
         raise
-    record = {"unit": unit.index, "splits": {split: w.close() for split, w in writers.items()}}
-    write_json(stem.with_suffix(".done.json"), record)
     return record
 
 

@@ -86,7 +86,10 @@ class _UnitJobs(Dataset):
         return len(self.units)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return cache.write_shard(self.source, self.units[i], self.tokenizer, self.folder)
+        try:
+            return cache.write_shard(self.source, self.units[i], self.tokenizer, self.folder)
+        except ZooError as e:  # carried back as data: a worker's exception would arrive as a traceback
+            return {"error": str(e)}
 
 
 def _as_is(record: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +166,9 @@ def prepare_source(
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
                    desc=f"preparing {source.name}", mininterval=1.0, dynamic_ncols=True)
         for record in _run(_UnitJobs(source, todo, tokenizer, folder), num_proc):
+            if "error" in record:
+                bar.close()
+                raise ZooError(record["error"])
             splits = record["splits"].values()
             result.done_now += 1
             result.documents += sum(s["documents"] for s in splits)
