@@ -233,6 +233,7 @@ def test_max_document_bytes_is_an_option(one_huge_line, tmp_path) -> None:
         [d for u in src.units() for d in src.unit_documents(u)]
 
 
+@pytest.mark.slow
 def test_prepare_command_refuses_a_huge_line_in_one_line(one_huge_line, tmp_path) -> None:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "zoo.data", "prepare", "data=files",
@@ -247,6 +248,7 @@ def test_prepare_command_refuses_a_huge_line_in_one_line(one_huge_line, tmp_path
     assert time.perf_counter() - start < 120
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_preparation_is_one_line_and_keeps_what_is_done(tmp_path) -> None:
     """Shards written by worker processes hit a file size limit (RLIMIT_FSIZE: writes past it
     fail with EFBIG, as on a full disk): one line naming the cache and the free space, no

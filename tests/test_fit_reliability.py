@@ -18,6 +18,9 @@ import pytest
 from test_errors import CreatesAFile
 from test_resume import TINY
 
+#: subprocess runs of the commands, seconds each: part of the slow suite (python -m pytest -m slow)
+pytestmark = pytest.mark.slow
+
 #: a fake W&B API key (the right length: wandb checks it) for a server that does not answer
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"
 #: a local port where nothing listens: every connection is refused at once (no network needed)

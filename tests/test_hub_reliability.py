@@ -22,6 +22,9 @@ from zoo.errors import ZooError
 from zoo.hub.checksums import folder_checksums, write_checksums
 from zoo.hub.manifest import MANIFEST
 
+#: subprocess runs of the commands, seconds each: part of the slow suite (python -m pytest -m slow)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO / "checkpoints"
 #: the published folders copied into the temporary zoo (small ones)
@@ -235,9 +238,9 @@ def cli(module: str, *args: str, env: dict[str, str] | None = None) -> subproces
 # (what the user did wrong, command, arguments, the message fragment); {tmp} is a temporary folder
 HUB_BAD_INPUT = [
     ("publish bf16_tolerance not a number", "zoo.publish", ["name=x-edu", "bf16_tolerance=abc"],
-     "bf16_tolerance must be a number, got 'abc'"),
+     "bf16_tolerance must be a finite number, got 'abc'"),
     ("publish bf16_tolerance negative", "zoo.publish", ["name=x-edu", "bf16_tolerance=-1"],
-     "bf16_tolerance must be a number >= 0, got -1.0"),
+     "bf16_tolerance must be a finite number >= 0, got -1.0"),
     ("publish check_batches not a number", "zoo.publish", ["name=x-edu", "check_batches=abc"],
      "check_batches must be an integer, got 'abc'"),
     ("publish check_batches zero", "zoo.publish", ["name=x-edu", "check_batches=0"],

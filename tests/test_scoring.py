@@ -144,6 +144,7 @@ def corpus(tmp_path_factory) -> Path:
 SPLIT_EVERYWHERE = ["data.sources.0.val_fraction=0.4", "data.sources.0.test_fraction=0.3"]
 
 
+@pytest.mark.slow
 def test_evaluate_and_entropy_take_nested_data_overrides(corpus, tmp_path, cache_dir) -> None:
     args = ["data=files", f"data.sources.0.paths={corpus}", *SPLIT_EVERYWHERE]
     proc = run_module("zoo.evaluate", [f"checkpoint={LLAMA_EDU}", *args, "json=-"], tmp_path)
@@ -268,6 +269,7 @@ def test_text_scores_every_document_exactly(folder, tiny_models, tmp_path, cache
         assert 0 < row[c] < 8
 
 
+@pytest.mark.slow
 def test_text_from_the_command_line(tmp_path, cache_dir) -> None:
     (tmp_path / "a.txt").write_text("A first small document.")
     (tmp_path / "b.jsonl").write_text('{"text": "second"}\n{"text": "third"}\n')
@@ -301,6 +303,7 @@ def read_only(folder: Path) -> list[str] | None:
             f'mount --bind -o ro {folder} {folder} && exec "$@"', "sh"]
 
 
+@pytest.mark.slow
 def test_evaluate_reads_a_complete_read_only_cache(corpus, tmp_path) -> None:
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ZOO_CACHE": str(cache)}

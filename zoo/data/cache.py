@@ -198,7 +198,12 @@ class _SplitWriter:
         if n_docs == 0:
             self.tmp.unlink()
         else:
-            edges = {f"{where}_blake2b": _hash(data) for where, data in read_edges(self.tmp)}
+            try:
+                edges = {f"{where}_blake2b": _hash(data) for where, data in read_edges(self.tmp)}
+            except FileNotFoundError:  # another process wrote this unit (the same bytes) and tidied up
+                if not self.final.is_file():
+                    raise
+                edges = {f"{where}_blake2b": _hash(data) for where, data in read_edges(self.final)}
             idx = self.final.with_suffix(".idx")
             idx_tmp = idx.with_name(f".{idx.name}.tmp-{os.getpid()}")
             np.asarray(self.offsets, dtype=np.int64).tofile(idx_tmp)
@@ -287,8 +292,7 @@ def finalize(folder: Path, plan: dict[str, Any], empty_error: ZooError | None = 
         (folder / split).mkdir(exist_ok=True)
         write_json(folder / split / "meta.json", meta)
         totals[split] = {k: meta[k] for k in ("n_documents", "n_tokens", "n_bytes")}
-    for stale in (folder / "shards").glob(".*.tmp-*"):  # left by a killed build: every shard is done now
-        stale.unlink(missing_ok=True)
+    clean_stale_temporaries(folder)  # left by killed builds (never a live writer's)
     write_json(folder / "complete.json", {"version": CACHE_VERSION, "splits": totals})
 
 
