@@ -73,6 +73,7 @@ def run(args: list[str], tmp_path: Path, cache: Path) -> subprocess.CompletedPro
                           cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_toy_family_and_source_train_and_evaluate_through_the_commands(tmp_path) -> None:
     (tmp_path / "toy_plugin.py").write_text(PLUGIN)
     cache = tmp_path / "cache"

@@ -349,6 +349,7 @@ def _router(row: dict) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if k.startswith("router_")}
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_router_metrics_of_the_model_it_loads(tmp_path, cache_dir) -> None:
     """``zoo.evaluate`` loads the weights into a fresh task after building it; its router
     metrics must be those of the loaded model's layers (the fit's final report on the same
@@ -364,6 +365,7 @@ def test_evaluate_reports_the_router_metrics_of_the_model_it_loads(tmp_path, cac
         assert row["bpb"] == pytest.approx(report["splits"]["val"]["bpb"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_published_moe_router_metrics_match_its_training_report() -> None:
     """The published moe-edu, evaluated on its val split, gives the router metrics its run's
     final report recorded (its weights are stored in bfloat16, hence the tolerance)."""

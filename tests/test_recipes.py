@@ -182,6 +182,7 @@ def test_setting_a_key_turns_an_optional_section_on() -> None:
 
 
 # --------------------------------------------------------------------------- composition
+@pytest.mark.slow
 def test_every_recipe_with_every_trainer_validates() -> None:
     for recipe in list_recipes():
         for trainer in [None, *list_group("trainer")]:

@@ -80,8 +80,11 @@ def create_run_dir(path: Path) -> Path:
 
 def is_worker_process() -> bool:
     """Whether this process is one of several a launcher started (Lightning's DDP children,
-    torchrun): those share the run folder the launching process chose."""
-    return any(os.environ.get(k) for k in ("LOCAL_RANK", "RANK"))
+    torchrun, the tasks of a SLURM job): those share the run folder of Hydra's pattern (or the
+    launching process's), so none of them may take a ``_2`` name of its own."""
+    if any(os.environ.get(k) for k in ("LOCAL_RANK", "RANK")):
+        return True
+    return any(os.environ.get(k, "1").isdigit() and int(os.environ.get(k, "1")) > 1 for k in ("WORLD_SIZE", "SLURM_NTASKS"))
 
 
 def parse_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:

@@ -98,12 +98,13 @@ def _process_gone(pid: int) -> bool:
     return False
 
 
-def clean_stale_temporaries(folder: Path, now: float | None = None) -> list[Path]:
+def clean_stale_temporaries(folder: Path, now: float | None = None, dead_after: float | None = None) -> list[Path]:
     """Remove the ``.NAME.tmp-PID`` files a killed build left in a cache folder; return them.
 
     Stale: its process is gone on this host and it has not been written to for
     :data:`STALE_DEAD_SECONDS`, or nobody has written to it for :data:`STALE_ANY_SECONDS`.
     Only names this module writes are considered; nothing else in the folder is touched.
+    ``dead_after`` replaces :data:`STALE_DEAD_SECONDS` (0: a dead process's file goes at once).
     """
     folder = Path(folder)
     now = time.time() if now is None else now
@@ -121,7 +122,8 @@ def clean_stale_temporaries(folder: Path, now: float | None = None) -> list[Path
                 idle = now - entry.stat(follow_symlinks=False).st_mtime
             except FileNotFoundError:
                 continue  # renamed into place meanwhile
-            if idle > STALE_ANY_SECONDS or (idle > STALE_DEAD_SECONDS and _process_gone(int(match.group(1)))):
+            dead_wait = STALE_DEAD_SECONDS if dead_after is None else dead_after
+            if idle > STALE_ANY_SECONDS or (idle >= dead_wait and _process_gone(int(match.group(1)))):
                 Path(entry.path).unlink(missing_ok=True)
                 removed.append(Path(entry.path))
     return removed
@@ -292,7 +294,8 @@ def finalize(folder: Path, plan: dict[str, Any], empty_error: ZooError | None = 
         (folder / split).mkdir(exist_ok=True)
         write_json(folder / split / "meta.json", meta)
         totals[split] = {k: meta[k] for k in ("n_documents", "n_tokens", "n_bytes")}
-    clean_stale_temporaries(folder)  # left by killed builds (never a live writer's)
+    # every shard is done: what a dead process of this host left is garbage at once
+    clean_stale_temporaries(folder, dead_after=0.0)
     write_json(folder / "complete.json", {"version": CACHE_VERSION, "splits": totals})
 
 
