@@ -15,6 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from zoo import schema
+from zoo.cli import flatten_keys
 from zoo.errors import ZooError
 from zoo.recipes import compose, list_group, list_recipes, recipes_dir
 
@@ -28,16 +29,6 @@ def zoo_fit(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 # --------------------------------------------------------------------------- every option shown
 #: what recipe quickstart sets differently from the schema's defaults (via recipes/scale/cpu.yaml)
 QUICKSTART = {"name": "quickstart", "data.tokenizer.vocab_size": 4096, "optim.lr": 3.0e-3, "optim.warmup_steps": 30}
@@ -47,8 +38,8 @@ def test_cfg_job_shows_every_option_with_its_default(tmp_path) -> None:
     proc = zoo_fit("recipe=quickstart", "--cfg", "job", cwd=tmp_path, cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
     shown = yaml.safe_load(proc.stdout)
-    flat = leaves(shown)
-    expected = leaves(schema.defaults())
+    flat = flatten_keys(shown)
+    expected = flatten_keys(schema.defaults())
     for key in schema.keys():  # every key of the schema is printed ...
         node: object = shown
         for part in key.split("."):
@@ -72,7 +63,7 @@ def test_schema_defaults_are_default_yaml() -> None:
     ours = schema.defaults()
     for section in schema.OPEN_SECTIONS:  # chosen by groups, not in base
         ours.pop(section)
-    assert leaves(base) == leaves(ours)
+    assert flatten_keys(base) == flatten_keys(ours)
     optim = dataclasses.asdict(schema.OptimOptions())
     assert optim == {"name": "adamw", "lr": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8,
                      "warmup_steps": 100, "schedule": "cosine", "min_lr_ratio": 0.1, "fused": False}

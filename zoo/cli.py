@@ -173,12 +173,12 @@ def writable_folder(args: Mapping[str, Any], key: str) -> Path | None:
     return path
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_keys(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"sources": {"0": {"x": 1}}}`` -> ``{"sources.0.x": 1}`` (what a dotlist parses into)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -213,7 +213,7 @@ def data_options(group: str | None, overrides: Mapping[str, Any] | None = None,
             raise unknown("data option", group, list_group("data"))
         data.update(yaml.safe_load((recipes_dir() / "data" / f"{group}.yaml").read_text()))
     cfg = OmegaConf.create(data)
-    for key, value in _flatten(overrides or {}).items():
+    for key, value in flatten_keys(overrides or {}).items():
         parts = key.split(".")
         if parts[0] == "sources" and len(parts) > 1:
             n = len(cfg.get("sources") or [])
@@ -226,7 +226,7 @@ def data_options(group: str | None, overrides: Mapping[str, Any] | None = None,
             raise ZooError(f"data.{key}={value!r}: {str(e).splitlines()[0]}") from None
     out = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(out, dict)
-    for key, value in _flatten(_indexed(out)).items():
+    for key, value in flatten_keys(_indexed(out)).items():
         if value == "???":
             hint = MANDATORY_HINTS.get(key.rsplit(".", 1)[-1])
             raise ZooError(f"data.{key} must be set{f' ({hint})' if hint else ''}: add data.{key}=...")
@@ -234,7 +234,7 @@ def data_options(group: str | None, overrides: Mapping[str, Any] | None = None,
 
 
 def _indexed(tree: Any) -> Any:
-    """Lists as ``{"0": ..., "1": ...}`` (so :func:`_flatten` names ``sources.0.paths``)."""
+    """Lists as ``{"0": ..., "1": ...}`` (so :func:`flatten_keys` names ``sources.0.paths``)."""
     if isinstance(tree, Mapping):
         return {k: _indexed(v) for k, v in tree.items()}
     if isinstance(tree, list):
