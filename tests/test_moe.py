@@ -85,20 +85,20 @@ def test_vectorised_dispatch_equals_a_per_token_loop(k) -> None:
 
 @torch.no_grad()
 def test_llama_with_identical_experts_equals_the_dense_llama() -> None:
-    """One MoE implementation serves the Llama stack: its LlamaMLP experts, all copies of the
+    """One MoE implementation serves the Llama stack: its SwiGLU experts, all copies of the
     dense model's mlp with k = n_experts, give the dense model's logits."""
     torch.manual_seed(2)
     sizes = dict(vocab_size=50, n_ctx=12, d_model=32, n_layers=2, n_heads=2)
     dense = CausalTransformer(**sizes).eval()
     sparse = CausalTransformer(**sizes, moe={"n_experts": 3, "k": 3}).eval()
     state = dense.state_dict()
-    for i, layer in enumerate(sparse.hf.model.layers):
+    for i, layer in enumerate(sparse.stack.layers):
         for expert in layer.mlp.experts:
-            expert.load_state_dict(dense.hf.model.layers[i].mlp.state_dict())
+            expert.load_state_dict(dense.stack.layers[i].mlp.state_dict())
         for name, p in layer.named_parameters():
             if not name.startswith("mlp."):
-                p.copy_(state[f"hf.model.layers.{i}.{name}"])
-    for name in ("hf.model.embed_tokens.weight", "hf.model.norm.weight", "hf.lm_head.weight"):
+                p.copy_(state[f"stack.layers.{i}.{name}"])
+    for name in ("embed_tokens.weight", "stack.norm.weight", "lm_head.weight"):
         sparse.get_parameter(name).copy_(state[name])
     ids = torch.randint(0, 50, (2, 12))
     mask = torch.ones_like(ids)

@@ -194,6 +194,8 @@ def check_resume(source: str, ckpt: Mapping[str, Any], task: LanguageModelTask, 
     keys = ["model.family"] if there.get("model.family") != here.get("model.family") else sorted(set(there) | set(here))
     diff = [f"{k}: {there.get(k)} there, {here.get(k)} here" for k in keys
             if there.get(k) != here.get(k)] or ["the same options, other parameters"]
+    if any(".hf." in k for k in held) and not any(".hf." in k for k in built):
+        diff = ["saved by an older zoo, whose Llama kept q/k/v unfused: its optimizer state cannot continue"]
     raise ZooError(
         f"resume={source}: the checkpoint holds another model than this run builds ({'; '.join(diff)}); "
         f"to train this model {new_run}, or start it from those weights with init_from=PATH"

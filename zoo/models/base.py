@@ -93,8 +93,15 @@ class LanguageModel(nn.Module):
 
     def forward_batch(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Next-token logits ``[B, T, V]`` for a batch of the shared DataModule (``input_ids``,
-        ``attention_mask``, ``labels``, ...). Override when the model reads more than the inputs."""
-        return self(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        ``attention_mask``, ``labels``, ...). Override when the model reads more than the inputs.
+
+        A causal model's real tokens never see the pads that FOLLOW them, so a mask whose pads
+        all trail the tokens (packed windows, the final right-padded one) is dropped, and the
+        model runs its unmasked path (plain causal attention, no mask tensor)."""
+        mask = batch.get("attention_mask")
+        if mask is not None and not pads_before_tokens(mask):
+            mask = None
+        return self(batch["input_ids"], attention_mask=mask)
 
     def transformers_model(self) -> Any | None:
         """The ``transformers`` ``PreTrainedModel`` this model is (for ``zoo.export`` and
@@ -116,6 +123,13 @@ class LanguageModel(nn.Module):
     def auxiliary_loss(self) -> Tensor | None:
         """The sum of the auxiliary losses its layers left in the last forward (``None``: none)."""
         return auxiliary_loss(self)
+
+
+def pads_before_tokens(mask: Tensor) -> bool:
+    """Whether a ``[B, T]`` attention mask (1 = token, 0 = pad) has a pad before a token in
+    some row (left padding), i.e. whether a causal model needs it. Reading the answer is one
+    host sync on an accelerator (none on CPU)."""
+    return bool((mask[:, 1:] > mask[:, :-1]).any())
 
 
 def auxiliary_loss(model: nn.Module) -> Tensor | None:

@@ -7,8 +7,8 @@ Every family that uses one of these blocks uses THIS implementation, so a fix or
 * :class:`MaskedTokenMixer` — the masked mixer's replacement for attention: a learned,
   causally masked mixing of token positions (a ``Conv1d`` whose channels are positions).
 * :class:`MixerBlock` / :class:`MixerStack` — pre-norm residual mixer blocks and a stack of them.
-* :class:`LlamaStack` — a stack of Llama decoder layers from ``transformers`` (no token
-  embedding, no head), so a model can feed it embeddings it made itself.
+* :class:`zoo.models.llama_stack.LlamaStack` — a stack of Llama blocks (no token embedding,
+  no head), so a model can feed it embeddings it made itself.
 
 A *stack* maps embeddings ``[B, T, D]`` (plus an optional mask ``[B, T]``, 1 = token,
 0 = pad) to normalised hidden states ``[B, T, D]``; :func:`build_stack` builds either kind
@@ -29,11 +29,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import LlamaModel
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from zoo.models.llama import llama_config
-from zoo.models.moe import MoEFeedForward, moe_options, use_moe_mlps
+from zoo.models.llama_stack import LlamaStack
+from zoo.models.moe import MoEFeedForward, moe_options
 
 #: builds the feed-forward layer of a block from its width (swap in an MoE layer here)
 FFNFactory = Callable[[int], nn.Module]
@@ -227,73 +225,6 @@ def moe_ffn_factory(moe: Mapping[str, Any]) -> FFNFactory:
     opts = moe_options(moe)
     d_ff = opts.pop("d_ff")
     return lambda d: MoEFeedForward(d, lambda: FeedForward(d, d_ff=d_ff), **opts)
-
-
-class _NoTokenEmbedding(nn.Module):
-    """Stands in for ``LlamaModel.embed_tokens``: holds no parameters and refuses token ids.
-
-    A stack is always fed embeddings; an unused embedding matrix would waste memory and
-    make DDP complain about parameters that never get a gradient.
-    """
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        raise RuntimeError("LlamaStack has no token embedding: call it with embeddings [B, T, D]")
-
-
-class LlamaStack(nn.Module):
-    """Llama decoder layers (RMSNorm, RoPE, SwiGLU, causal attention) + final RMSNorm.
-
-    Built from :func:`zoo.models.llama.llama_config` as a ``transformers.LlamaModel`` whose
-    token embedding is replaced by a parameter-free stub: the caller passes embeddings.
-    Position ids count from each row's first real token (``mask.cumsum - 1``), so left
-    padding does not shift positions, and pads are never attended to.
-
-    Args:
-        n_ctx: longest sequence; d: width; n_layers, n_heads, n_kv_heads, d_ff, rope_theta,
-            dropout, init_std, moe: as in :class:`zoo.models.llama.CausalTransformer`.
-    """
-
-    #: the repeated block (the unit FSDP shards)
-    block_classes: tuple[type[nn.Module], ...] = (LlamaDecoderLayer,)
-
-    def __init__(
-        self,
-        n_ctx: int,
-        d: int,
-        n_layers: int,
-        n_heads: int = 4,
-        n_kv_heads: int | None = None,
-        d_ff: int | None = None,
-        rope_theta: float = 10000.0,
-        dropout: float = 0.0,
-        init_std: float = 0.02,
-        moe: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.n_ctx, self.d = n_ctx, d
-        #: scale of the embeddings this stack expects (Llama's initializer_range)
-        self.embedding_std = init_std
-        self.config = llama_config(
-            vocab_size=2, n_ctx=n_ctx, d_model=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-            d_ff=d_ff, rope_theta=rope_theta, dropout=dropout, init_std=init_std,
-        )
-        # vocab_size=2 only keeps the zoo's pad/end-of-text ids (1, 0) valid in the config; the
-        # 2-row embedding LlamaModel builds is dropped at once.
-        self.hf = LlamaModel(self.config)
-        self.hf.embed_tokens = _NoTokenEmbedding()
-        if moe is not None:
-            use_moe_mlps(self.hf.layers, self.config, moe)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Embeddings ``[B, T, d]`` (pads marked 0 in ``mask`` ``[B, T]``) → hidden ``[B, T, d]``."""
-        if x.shape[1] > self.n_ctx:
-            raise ValueError(f"sequence of {x.shape[1]} tokens is longer than the stack's n_ctx={self.n_ctx}")
-        position_ids = None
-        if mask is not None:
-            mask = mask.long()
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.hf(inputs_embeds=x, attention_mask=mask, position_ids=position_ids, use_cache=False)
-        return out.last_hidden_state
 
 
 #: stack kinds :func:`build_stack` accepts, with the options each takes besides its width

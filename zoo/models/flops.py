@@ -32,14 +32,13 @@ def matmul_weights(module: nn.Module) -> int:
 
 def mixing_flops(module: nn.Module, positions: int) -> int:
     """Forward FLOPs per position of the token-mixing layers: attention 4·T·d, masked mixer 2·T·d."""
-    from transformers.models.llama.modeling_llama import LlamaAttention
-
     from zoo.models.blocks import MaskedTokenMixer
+    from zoo.models.llama_stack import Attention
 
     flops = 0
     for m in module.modules():
-        if isinstance(m, LlamaAttention):
-            flops += 4 * positions * m.config.num_attention_heads * m.head_dim
+        if isinstance(m, Attention):
+            flops += 4 * positions * m.n_heads * m.head_dim
         elif isinstance(m, MaskedTokenMixer):
             flops += 2 * positions * m.d
     return flops

@@ -7,9 +7,9 @@ outputs mixed with the router's probabilities renormalised over the chosen ``k``
 
 * masked mixer: :class:`zoo.models.blocks.MixerStack` builds it as each block's ``ffn``,
   its experts :class:`zoo.models.blocks.FeedForward` (Linear → GELU → Linear);
-* Llama: :func:`use_moe_mlps` swaps the ``mlp`` of every ``LlamaDecoderLayer`` for it,
-  its experts ``transformers``' own ``LlamaMLP`` (SwiGLU); the decoder layer calls
-  ``mlp(x)``, which is this layer's call too.
+* Llama: :func:`zoo.models.llama_stack.use_moe_mlps` swaps the ``mlp`` of every Llama
+  block for it, its experts the block's own :class:`zoo.models.llama_stack.SwiGLU`; the
+  block calls ``mlp(x)``, which is this layer's call too.
 
 Options (the ``model.moe`` config section, see :data:`MOE_OPTIONS`):
 
@@ -43,7 +43,6 @@ zero tokens if none were routed to it, so all parameters are in the graph (DDP n
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -216,26 +215,3 @@ class MoEFeedForward(nn.Module):
 def moe_layers(model: nn.Module) -> list[MoEFeedForward]:
     """The MoE layers of a model, in module order (one per block)."""
     return [m for m in model.modules() if isinstance(m, MoEFeedForward)]
-
-
-def use_moe_mlps(layers: nn.ModuleList, config: Any, moe: Mapping[str, Any]) -> None:
-    """Swap the ``mlp`` of each ``LlamaDecoderLayer`` in ``layers`` for an MoE of ``LlamaMLP`` experts.
-
-    The experts are ``transformers``' ``LlamaMLP`` (SwiGLU) of width ``moe.d_ff`` (default:
-    the config's ``intermediate_size``); every new Linear is initialised as Llama initialises
-    its own (normal, std ``config.initializer_range``).
-    """
-    from transformers.models.llama.modeling_llama import LlamaMLP
-
-    opts = moe_options(moe)
-    expert_config = copy.deepcopy(config)
-    if opts["d_ff"] is not None:
-        expert_config.intermediate_size = opts["d_ff"]
-    kwargs = {k: v for k, v in opts.items() if k != "d_ff"}
-    for layer in layers:
-        layer.mlp = MoEFeedForward(config.hidden_size, lambda: LlamaMLP(expert_config), **kwargs)
-        for module in layer.mlp.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=config.initializer_range)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
