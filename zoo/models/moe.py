@@ -37,7 +37,9 @@ sums such losses over any model, which is how the training task adds it to the l
 parameters a token does not use.
 
 Compute is vectorised: the assignments are sorted by expert and each expert runs once on
-all its tokens (a loop over experts, none over tokens). Every expert runs every step, on
+all its tokens (a loop over experts, none over tokens). Learning how many tokens each expert
+got is one host sync per layer; on an accelerator, a layer with a capacity runs each expert
+on its ``capacity`` slots instead (static shapes, no sync; :attr:`MoEFeedForward.static_dispatch`). Every expert runs every step, on
 zero tokens if none were routed to it, so all parameters are in the graph (DDP needs that).
 """
 
@@ -147,6 +149,10 @@ class MoEFeedForward(nn.Module):
         self.aux_loss: Tensor | None = None
         #: the last forward's routing decisions (detached), for the router metrics
         self.routing: Routing | None = None
+        #: with a capacity, run every expert on ``capacity`` slots (static shapes, no host
+        #: sync; empty slots cost compute) rather than on exactly its tokens (one host sync
+        #: per layer to learn the sizes). ``None``: slots on accelerators, exact sizes on CPU
+        self.static_dispatch: bool | None = None
 
     def extra_repr(self) -> str:
         return (f"d={self.d}, n_experts={self.n_experts}, k={self.k}, capacity_factor={self.capacity_factor}, "
@@ -194,6 +200,7 @@ class MoEFeedForward(nn.Module):
         token = torch.arange(N, device=h.device).repeat(k)
         gate = gates.t().reshape(-1)
         kept = torch.ones_like(expert, dtype=torch.bool)
+        position = None
         cap = self.capacity(N)
         if cap is not None:
             onehot = F.one_hot(expert, E)
@@ -202,6 +209,8 @@ class MoEFeedForward(nn.Module):
             expert = torch.where(kept, expert, E)  # dropped: sent to a sentinel "expert" E
         self.routing = Routing(top_i.detach(), probs.detach(), kept.view(k, N).t())
 
+        if cap is not None and (self.static_dispatch or (self.static_dispatch is None and h.device.type != "cpu")):
+            return self._dispatch_to_slots(h, expert, token, gate, position, kept, cap).view(shape)
         order = torch.argsort(expert, stable=True)
         sizes = torch.bincount(expert, minlength=E + 1).tolist()  # one host sync per layer
         out = torch.zeros_like(h)
@@ -210,6 +219,23 @@ class MoEFeedForward(nn.Module):
             y = self.experts[e](h[tok]) * gate[idx, None].to(h.dtype)
             out.index_add_(0, tok, y.to(out.dtype))
         return out.view(shape)
+
+    def _dispatch_to_slots(self, h: Tensor, expert: Tensor, token: Tensor, gate: Tensor, position: Tensor,
+                           kept: Tensor, cap: int) -> Tensor:
+        """Every expert runs on exactly ``cap`` slots: its kept assignments in queue order, then
+        empty slots (a zero row with gate 0). Shapes are static, so nothing is read back to
+        the host; an empty slot costs compute instead (at most ``capacity_factor`` - 1 extra)."""
+        N, E = h.shape[0], self.n_experts
+        slot = torch.where(kept, expert * cap + position, E * cap)  # dropped: one spare slot
+        slot_token = torch.full((E * cap + 1,), N, dtype=token.dtype, device=h.device).scatter_(0, slot, token)
+        slot_gate = torch.zeros(E * cap + 1, dtype=gate.dtype, device=h.device).scatter_(0, slot, gate)
+        slot_token, slot_gate = slot_token[:-1].view(E, cap), slot_gate[:-1].view(E, cap)
+        padded = torch.cat([h, h.new_zeros(1, h.shape[1])])  # row N: what empty slots read
+        out = torch.zeros_like(padded)
+        for e in range(E):
+            y = self.experts[e](padded[slot_token[e]]) * slot_gate[e, :, None].to(h.dtype)
+            out.index_add_(0, slot_token[e], y.to(out.dtype))
+        return out[:N]
 
 
 def moe_layers(model: nn.Module) -> list[MoEFeedForward]:
