@@ -162,7 +162,7 @@ def use_moe_mlps(layers: nn.ModuleList, moe: Mapping[str, Any], init_std: float 
     d_ff = opts.pop("d_ff")
     for layer in layers:
         d, width = layer.mlp.down_proj.out_features, d_ff or layer.mlp.d_ff
-        layer.mlp = MoEFeedForward(d, lambda: SwiGLU(d, width), **opts)
+        layer.mlp = MoEFeedForward(d, lambda d=d, width=width: SwiGLU(d, width), **opts)
         for module in layer.mlp.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=init_std)
