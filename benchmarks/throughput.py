@@ -169,25 +169,89 @@ def forever(loader):
         yield from loader
 
 
+# ----------------------------------------------------------------------------- zoo.fit's set-up, shared
+def task_optimizer(task):
+    """The AdamW of the task's ``configure_optimizers`` (no decay on norms, biases and
+    embeddings; the task's lr, betas, eps and weight decay), for a plain loop over ``task.model``."""
+    from zoo.lit.language_model import optimizer_class
+
+    o = task.optim
+    decay, no_decay = [], []
+    for name, p in task.named_parameters():
+        (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
+    return optimizer_class("adamw")([{"params": decay, "weight_decay": o["weight_decay"]},
+                                     {"params": no_decay, "weight_decay": 0.0}],
+                                    lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
+
+
+def plain_step_fn(model, opt):
+    """One training step of the plain loop: the task's loss (cross-entropy, plus the model's
+    auxiliary losses), backward, clipping at 1.0, AdamW step."""
+    import torch
+    import torch.nn.functional as F
+
+    from zoo.metrics import IGNORE_INDEX
+    from zoo.models.base import auxiliary_loss
+
+    def plain_step(batch) -> torch.Tensor:
+        labels = batch["labels"]
+        logits = model.forward_batch(batch)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        aux = auxiliary_loss(model)
+        if aux is not None:
+            loss = loss + aux
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return plain_step
+
+
+def zoo_fit_trainer(tmp: str | Path, max_steps: int, extra_callbacks=(), accelerator: str = "cpu",
+                    precision: str = "32-true", every_n_train_steps: int = 100):
+    """A Lightning ``Trainer`` set up as ``zoo.fit`` sets it up, writing under ``tmp``: its
+    callbacks (best and step checkpoints, RNG state, save-on-interrupt, non-finite guard,
+    learning-rate and throughput monitors), a CSV logger every 10 steps, gradient clipping 1.0
+    (``recipes/trainer/cpu.yaml``), no progress bar, no validation; plus ``extra_callbacks``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from zoo.callbacks import LoggedStepsThroughput, NonFiniteGuard, RNGState, SaveOnInterrupt
+
+    ckpt_dir = Path(tmp) / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/bpb", mode="min", save_top_k=1),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=0, save_last=False,
+                        every_n_train_steps=every_n_train_steps),
+        RNGState(), SaveOnInterrupt(ckpt_dir / "last.ckpt"), NonFiniteGuard("stop"),
+        LearningRateMonitor(logging_interval="step"),
+        LoggedStepsThroughput(batch_size_fn=lambda b: b["input_ids"].shape[0],
+                              length_fn=lambda b: b["input_ids"].numel(), steps=20, log_every_n_steps=10),
+        *extra_callbacks,
+    ]
+    return L.Trainer(
+        accelerator=accelerator, devices=1, precision=precision, max_steps=max_steps,
+        max_epochs=-1, gradient_clip_val=1.0, log_every_n_steps=10, limit_val_batches=0,
+        num_sanity_val_steps=0, logger=CSVLogger(str(tmp), name="csv"), callbacks=callbacks,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp),
+        use_distributed_sampler=False,
+    )
+
+
 # ----------------------------------------------------------------------------- one configuration
 def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
     """All measurements of one configuration (run in a fresh process: its peak RSS is its own)."""
     import lightning as L
     import torch
-    import torch.nn.functional as F
-    from lightning.pytorch.callbacks import (
-        Callback,
-        LearningRateMonitor,
-        ModelCheckpoint,
-    )
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.callbacks import Callback
     from torch.utils.flop_counter import FlopCounterMode
 
-    from zoo.callbacks import LoggedStepsThroughput, NonFiniteGuard, RNGState, SaveOnInterrupt
     from zoo.data.datamodule import TextDataModule
-    from zoo.lit.language_model import LanguageModelTask, optimizer_class
-    from zoo.metrics import IGNORE_INDEX
-    from zoo.models.base import auxiliary_loss, count_parameters
+    from zoo.lit.language_model import LanguageModelTask
+    from zoo.models.base import count_parameters
     from zoo.models.flops import train_flops_per_token
 
     device = torch.device(args.device)
@@ -211,25 +275,9 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
                            "params": n_params, "flops_per_token": flops_formula, "tokens_per_step": tokens_per_step}
 
     # ---- the plain PyTorch loop: same module, loader, optimizer groups, clipping and loss
-    decay, no_decay = [], []
-    for name, p in task.named_parameters():
-        (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
-    opt = optimizer_class("adamw")([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                   lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    opt = task_optimizer(task)
     train_batches = forever(dm.train_dataloader())
-
-    def plain_step(batch) -> torch.Tensor:
-        labels = batch["labels"]
-        logits = model.forward_batch(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-        aux = auxiliary_loss(model)
-        if aux is not None:
-            loss = loss + aux
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+    plain_step = plain_step_fn(model, opt)
 
     def to_device(batch):
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -294,25 +342,8 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
         """Seconds of the timed steps of a ``Trainer.fit`` set up as zoo.fit sets it up, and
         the fraction of them spent waiting for data."""
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt_dir = Path(tmp) / "checkpoints"
             window = Window()
-            callbacks = [
-                ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/bpb", mode="min", save_top_k=1),
-                ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=0, save_last=False,
-                                every_n_train_steps=100),
-                RNGState(), SaveOnInterrupt(ckpt_dir / "last.ckpt"), NonFiniteGuard("stop"),
-                LearningRateMonitor(logging_interval="step"),
-                LoggedStepsThroughput(batch_size_fn=lambda b: b["input_ids"].shape[0],
-                                      length_fn=lambda b: b["input_ids"].numel(), steps=20, log_every_n_steps=10),
-                window,
-            ]
-            trainer = L.Trainer(
-                accelerator=accelerator, devices=1, precision=precision, max_steps=args.warmup + args.steps,
-                max_epochs=-1, gradient_clip_val=1.0, log_every_n_steps=10, limit_val_batches=0,
-                num_sanity_val_steps=0, logger=CSVLogger(tmp, name="csv"), callbacks=callbacks,
-                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp,
-                use_distributed_sampler=False,
-            )
+            trainer = zoo_fit_trainer(tmp, args.warmup + args.steps, [window], accelerator, precision)
             loader = TimedLoader(dm.train_dataloader())
             trainer.fit(task, train_dataloaders=loader)
         seconds = window.t1 - window.t0
