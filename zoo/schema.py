@@ -49,6 +49,11 @@ LOSS_KINDS = ("ce", "entropy_l1", "entropy_clip")  # the built-in objectives of 
 SPLITS = ("train", "val", "test")  # zoo.data.sources
 COMPRESSORS = ("gzip", "bz2", "xz")  # zoo.compression
 
+#: ``compile: auto`` compiles a run of at least this many optimizer steps: on the 2-core CPU
+#: the first compiled steps (training and evaluation graphs) cost about 45 s, repaid after
+#: several hundred steps (docs/performance.md)
+COMPILE_AUTO_MIN_STEPS = 2000
+
 #: model options that are sizes (at any depth: encoder.d_model, moe.d_ff, ...): positive ints
 MODEL_SIZE_KEYS = frozenset(
     {"d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "kernel", "heads", "n_experts", "k", "compression", "r"}
@@ -156,7 +161,8 @@ class ZooConfig:
     out_dir: str = option("runs")
     resume: str | None = option(None)
     init_from: str | None = option(None)
-    compile: bool = option(False)
+    # torch.compile the model: true, false, or auto (compile runs of COMPILE_AUTO_MIN_STEPS+ steps)
+    compile: Any = option("auto", choices=("auto", True, False))
     data: DataOptions = section(DataOptions)
     optim: OptimOptions = section(OptimOptions)
     checkpoint: CheckpointOptions = section(CheckpointOptions)
@@ -300,8 +306,10 @@ def check_value(path: str, value: Any, tp: Any, check: Mapping[str, Any]) -> Non
         ok = isinstance(value, list | tuple) and ("length" not in check or len(value) == check["length"])
         item = typing.get_args(base)[0]
         ok = ok and all(_fits(v, item, check) for v in value)
+    elif base is Any:
+        ok = "choices" not in check or any(value is c or (isinstance(c, str) and value == c) for c in check["choices"])
     else:
-        ok = base is Any or _fits(value, base, check)
+        ok = _fits(value, base, check)
     if not ok:
         raise ZooError(f"{path} must be {describe(tp, check)}; got {value!r}")
 
@@ -345,7 +353,7 @@ def describe(tp: Any, check: Mapping[str, Any]) -> str:
 
 def _describe_scalar(tp: Any, check: Mapping[str, Any], plural: bool = False) -> str:
     if "choices" in check:
-        return f"one of {', '.join(map(str, check['choices']))}"
+        return f"one of {', '.join(str(c).lower() if isinstance(c, bool) else str(c) for c in check['choices'])}"
     if tp is bool:
         return "true or false"
     if tp is str:

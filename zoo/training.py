@@ -55,6 +55,7 @@ from zoo.models.adapters import (
     load_base_state,
     merge_adapter,
 )
+from zoo.schema import COMPILE_AUTO_MIN_STEPS
 
 log = logging.getLogger("zoo.fit")
 
@@ -176,6 +177,16 @@ def check_devices(trainer_cfg: Mapping[str, Any]) -> None:
             )
 
 
+def should_compile(config: Mapping[str, Any]) -> bool:
+    """``compile``: ``true``/``false``, or ``auto``: compile a run of at least
+    :data:`zoo.schema.COMPILE_AUTO_MIN_STEPS` steps, long enough to repay the compilation."""
+    choice = config.get("compile", "auto")
+    if choice == "auto":
+        steps = int(dict(config.get("trainer") or {}).get("max_steps", -1) or -1)
+        return steps >= COMPILE_AUTO_MIN_STEPS
+    return bool(choice)
+
+
 def check_resume(source: str, ckpt: Mapping[str, Any], task: LanguageModelTask, tokenizer: Any) -> None:
     """Refuse a checkpoint this run cannot continue: another tokenizer, or weights of another
     model (another family, other sizes) than the one this run builds. Checked before Lightning
@@ -260,7 +271,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         f"{n['total']:,} parameters ({n['trainable']:,} trainable, {n['active']:,} active per token)"
     )
     rank_zero_info("data:\n" + dm.describe())
-    if config.get("compile"):  # torch.compile in place: parameter names, checkpoints, export unchanged
+    if should_compile(config):  # torch.compile in place: parameter names, checkpoints, export unchanged
         task.model.compile()
         rank_zero_info("model compiled with torch.compile (the first steps include compilation)")
 
