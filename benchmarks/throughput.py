@@ -31,7 +31,7 @@ embedded edu corpus, packed windows), in ONE run on one machine, it measures:
   FLOPs of one real training step with ``torch.utils.flop_counter.FlopCounterMode``
   (matmuls, convolutions, attention) as a check of the formula (``flops_counted``).
 * **evaluation tokens/s** the way ``zoo.evaluate.score`` runs it (a ``Trainer.test`` of the
-  task: one log-softmax shared by NLL, BPB and entropy, six metrics updated and logged per
+  task: one chunked pass shared by NLL, BPB and entropy, six metrics updated and logged per
   batch) vs a bare ``inference_mode`` forward pass over the same batches
   (``metrics / bare`` is the cost of the metrics).
 * **data wait**: time spent fetching batches from the ``TextDataModule`` loader (num_workers

@@ -1,7 +1,7 @@
 """torchmetrics for language models: bits per byte, cross-entropy, perplexity, entropy.
 
 All of them are fed from :func:`token_stats`, which derives the loss and every per-token
-statistic from one float32 log-softmax of the logits.
+statistic from one chunked float32 pass over the logits (:mod:`zoo.metrics.chunked`).
 """
 
 from zoo.metrics.language import (

@@ -1,11 +1,13 @@
 """Per-token statistics of a language model and the torchmetrics that aggregate them.
 
-Everything here starts from ONE float32 log-softmax of the model's logits
-(:func:`token_stats`): the training loss, the per-token negative log-likelihood (NLL) the
-metrics accumulate, and the predictive entropy of each next-token distribution. Computing the
-log-softmax once matters because ``[batch, time, vocab]`` is the largest activation of a small
-language model; a metric that recomputes its own softmax (as ``torchmetrics.text.Perplexity``
-does) doubles that memory and time.
+Everything here starts from ONE chunked float32 pass over the model's logits
+(:func:`token_stats`, built on :func:`zoo.metrics.chunked.chunked_nll`): the training loss,
+the per-token negative log-likelihood (NLL) the metrics accumulate, and the predictive entropy
+of each next-token distribution. Reading the logits once, in cache-sized chunks of rows and
+without materialising ``[N, V]`` float32 log-probabilities, matters because
+``[batch, time, vocab]`` is the largest activation of a small language model; a metric that
+recomputes its own softmax (as ``torchmetrics.text.Perplexity`` does) doubles that memory and
+time.
 
 Shapes and the padding convention
 ---------------------------------
@@ -15,7 +17,7 @@ marks the scored ones in ``TokenStats.valid``; unscored positions carry zeros in
 ``entropy`` and ``target_bytes``. That keeps shapes static, so the hot path never waits for
 the accelerator (selecting the valid rows by a boolean mask needs the host to learn how many
 there are). ``compact=True`` selects the valid rows first instead, which saves the
-log-softmax over pads at the price of that one host sync.
+pass over pads at the price of that one host sync.
 
 Units
 -----
@@ -38,11 +40,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 from zoo.data.layouts import IGNORE_INDEX
+from zoo.metrics.chunked import chunked_nll
 
 """Label value of positions that are not scored (the ``F.cross_entropy`` default)."""
 
@@ -50,14 +52,10 @@ LN2 = math.log(2.0)
 
 ENTROPY_UNITS = ("token", "byte")
 
-#: elements of ``[N, V]`` per chunk of the entropy pass, by device type: on CPU a chunk's
-#: temporaries (4 MB) stay in cache; on accelerators bigger chunks mean fewer kernel launches
-ENTROPY_CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**24}
-
 
 @dataclass
 class TokenStats:
-    """Per-token statistics of one batch, all derived from a single log-softmax.
+    """Per-token statistics of one batch, all derived from a single pass over the logits.
 
     Attributes:
         loss: scalar mean NLL in nats over the scored tokens; differentiable (the training
@@ -91,24 +89,25 @@ def token_stats(
     chunk_size: int | None = None,
     compact: bool = False,
 ) -> TokenStats:
-    """Compute loss, per-token NLL, predictive entropy and byte counts from one log-softmax.
+    """Compute loss, per-token NLL, predictive entropy and byte counts in one chunked pass.
 
     Args:
         logits: ``[B, T, V]`` next-token logits, any float dtype; bf16/fp16 are upcast to
-            float32 before the log-softmax so the loss and metrics do not lose precision.
+            float32 chunk by chunk so the loss and metrics do not lose precision. The
+            backward keeps only the logits themselves and an ``[N]`` log-sum-exp, not
+            ``[N, V]`` float32 log-probabilities (:class:`zoo.metrics.chunked.ChunkedNLL`).
         labels: ``[B, T]`` target token ids aligned with ``logits`` (already shifted), with
             ``-100`` at positions that are not scored.
         target_bytes: ``[B, T]`` integer count of UTF-8 bytes each target token decodes to;
             ignored where ``labels == -100``.
         with_entropy: also compute the predictive entropy of every scored position (no
-            gradient). Costs one extra elementwise pass over ``[N, V]`` in chunks.
-        chunk_size: rows of ``[N, V]`` processed at once for the entropy, bounding the
-            temporary memory to ``chunk_size * V`` floats instead of a second full
-            probability tensor. Default: about :data:`ENTROPY_CHUNK_ELEMENTS` elements per
-            chunk on the logits' device (2^20 on CPU: 4 MB chunks stay in cache, which made
-            the entropy 6x faster than whole 64 MB blocks; the values are bit-identical
-            whatever the chunking).
-        compact: drop unscored positions before the log-softmax (saves work when many
+            gradient), in the same pass over each chunk as the NLL.
+        chunk_size: rows of ``[N, V]`` processed at once, forward and backward, bounding the
+            temporary memory to a few ``chunk_size * V`` floats. Default: about
+            :data:`zoo.metrics.chunked.CHUNK_ELEMENTS` elements per chunk on the logits'
+            device (2^20 on CPU: 4 MB chunks stay in cache); each row is reduced on its own,
+            so the values do not depend on the chunking beyond float rounding.
+        compact: drop unscored positions first (saves work when many
             positions are pads) at the cost of one device-to-host sync. Default False keeps
             this function free of host syncs.
 
@@ -127,12 +126,6 @@ def token_stats(
             f"target_bytes must have the shape of labels {tuple(labels.shape)}, "
             f"got {tuple(target_bytes.shape)}"
         )
-    if chunk_size is None:
-        per_chunk = ENTROPY_CHUNK_ELEMENTS.get(logits.device.type, ENTROPY_CHUNK_ELEMENTS["cpu"])
-        chunk_size = max(1, per_chunk // max(logits.shape[-1], 1))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
-
     vocab = logits.shape[-1]
     flat_logits = logits.reshape(-1, vocab)
     flat_labels = labels.reshape(-1)
@@ -147,21 +140,12 @@ def token_stats(
         flat_bytes = flat_bytes.index_select(0, rows)
         valid = torch.ones_like(flat_labels, dtype=torch.bool)
 
-    # Unscored labels (-100) are replaced by a harmless in-range index for the gather and
-    # zeroed afterwards; torch.where keeps autograd off those rows.
+    # Unscored labels (-100) are replaced by a harmless in-range index and their NLL zeroed
+    # afterwards; torch.where gives those rows a zero gradient.
     safe_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
-    entropy = None
-    if with_entropy and not (torch.is_grad_enabled() and flat_logits.requires_grad):
-        # evaluation: the log-softmax, NLL and entropy of each chunk of rows in one go, while
-        # the chunk is in cache (the same values as below, bit for bit)
-        picked, entropy = _chunked_eval(flat_logits, safe_labels, chunk_size)
-    else:
-        # The one log-softmax, in float32 whatever the logits' dtype.
-        logp = F.log_softmax(flat_logits.float(), dim=-1)
-        picked = logp.gather(1, safe_labels.unsqueeze(1)).squeeze(1)
-        if with_entropy:
-            entropy = _chunked_entropy(logp.detach(), chunk_size)
-    nll = torch.where(valid, -picked, torch.zeros_like(picked))
+    # one chunked pass, training or evaluation: NLL (differentiable) and the entropy
+    nll, entropy = chunked_nll(flat_logits, safe_labels, chunk_size, with_entropy)
+    nll = torch.where(valid, nll, torch.zeros_like(nll))
 
     n_tokens = valid.sum()
     loss = nll.sum() / n_tokens.clamp_min(1)
@@ -177,46 +161,6 @@ def token_stats(
         valid=valid,
         n_tokens=n_tokens,
     )
-
-
-@torch.no_grad()
-def _chunked_entropy(logp: Tensor, chunk_size: int) -> Tensor:
-    """Entropy ``-sum_v p_v log p_v`` in nats of each row of a ``[N, V]`` log-probability.
-
-    Processes ``chunk_size`` rows at a time so only chunk-sized temporaries exist. The number
-    of chunks follows from the static shape, so the loop causes no host sync. Log-probs of
-    ``-inf`` (masked vocabulary entries) are clamped so that ``0 * -inf`` does not give NaN.
-    """
-    out = torch.empty(logp.shape[0], dtype=logp.dtype, device=logp.device)
-    floor = torch.finfo(logp.dtype).min
-    for start in range(0, logp.shape[0], chunk_size):
-        safe = logp[start : start + chunk_size].clamp_min(floor)
-        terms = safe.exp().mul_(safe)  # p log p, in place: one temporary per chunk
-        torch.sum(terms, -1, out=out[start : start + chunk_size])
-    return out.neg_()
-
-
-@torch.no_grad()
-def _chunked_eval(logits: Tensor, labels: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
-    """Log-prob of ``labels`` and entropy (nats) of each row of ``[N, V]`` logits, no gradient.
-
-    The float32 log-softmax of each chunk of ``chunk_size`` rows is used for both while it is
-    in cache, so the full ``[N, V]`` log-probabilities are never written out and read back
-    (about 2x faster on CPU than a full log-softmax followed by :func:`_chunked_entropy`).
-    Row-wise operations, so the values equal the unchunked ones bit for bit.
-    """
-    n = logits.shape[0]
-    picked = torch.empty(n, dtype=torch.float32, device=logits.device)
-    entropy = torch.empty(n, dtype=torch.float32, device=logits.device)
-    floor = torch.finfo(torch.float32).min
-    for start in range(0, n, chunk_size):
-        stop = start + chunk_size
-        logp = F.log_softmax(logits[start:stop].float(), dim=-1)
-        torch.gather(logp, 1, labels[start:stop, None], out=picked[start:stop, None])
-        safe = logp.clamp_min_(floor)
-        terms = safe.exp().mul_(safe)
-        torch.sum(terms, -1, out=entropy[start:stop])
-    return picked, entropy.neg_()
 
 
 # --------------------------------------------------------------------------------------------
