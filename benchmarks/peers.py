@@ -10,7 +10,7 @@ quickstart's 4k BPE on the embedded edu corpus, packed windows, AdamW lr 1e-3, b
   callbacks, RNG state, save-on-interrupt, non-finite guard, learning-rate and throughput
   monitors, a CSV logger every 10 steps, gradient clipping 1.0, no progress bar).
 * ``zoo_plain``: the same zoo ``nn.Module`` in a hand-written PyTorch loop with the task's
-  AdamW parameter groups, clipping 1.0 and cross-entropy (``throughput.task_optimizer`` and
+  AdamW parameter groups, clipping 1.0 and the task's chunked cross-entropy (``throughput.task_optimizer`` and
   ``throughput.plain_step_fn``).
 * ``litgpt``: ``litgpt.model.GPT`` with a ``litgpt.config.Config`` set to the identical
   Llama (same parameter count, asserted), trained by a step that follows litgpt 0.5.13's

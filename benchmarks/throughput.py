@@ -185,18 +185,17 @@ def task_optimizer(task):
 
 
 def plain_step_fn(model, opt):
-    """One training step of the plain loop: the task's loss (cross-entropy, plus the model's
-    auxiliary losses), backward, clipping at 1.0, AdamW step."""
+    """One training step of the plain loop: the task's loss (its chunked cross-entropy,
+    :func:`zoo.metrics.token_stats`, plus the model's auxiliary losses), backward, clipping
+    at 1.0, AdamW step."""
     import torch
-    import torch.nn.functional as F
 
-    from zoo.metrics import IGNORE_INDEX
+    from zoo.metrics import token_stats
     from zoo.models.base import auxiliary_loss
 
     def plain_step(batch) -> torch.Tensor:
-        labels = batch["labels"]
         logits = model.forward_batch(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        loss = token_stats(logits, batch["labels"], batch["target_bytes"], with_entropy=False).loss
         aux = auxiliary_loss(model)
         if aux is not None:
             loss = loss + aux
