@@ -7,7 +7,7 @@ no-op for models without the layers or batches it watches.
 
 * :class:`RouterMonitor` — per mixture-of-experts layer (:class:`zoo.models.moe.MoEFeedForward`):
   expert load and router entropy in bits (:mod:`zoo.metrics.router`), logged as
-  ``train/router_*`` every step (that batch), ``val/router_*`` per validation and
+  ``train/router_*`` at every logging step (that batch), ``val/router_*`` per validation and
   ``final/<split>/router_*`` in a test/report run.
 * :class:`EntropyGapMonitor` — when batches carry per-token entropy estimates (``entropy``,
   :mod:`zoo.entropy.data`), the mean gap ``CE_i - H_i`` in nats, logged as ``train/entropy_gap``.
@@ -34,6 +34,14 @@ def log_prefix(stage: str) -> str:
 
 def _batch_size(batch: Mapping[str, Tensor]) -> int:
     return int(batch["input_ids"].shape[0])
+
+
+def _logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether the Trainer writes this training step's logged values (every
+    ``log_every_n_steps``): values logged at other steps are dropped, so computing them
+    (a reduction across processes under DDP) would be wasted work."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
 
 
 class RouterMonitor(Callback):
@@ -66,7 +74,7 @@ class RouterMonitor(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         metrics = self.metrics.get("fit")
-        if metrics is None:
+        if metrics is None or not _logs_this_step(trainer):
             return
         for m in metrics:
             m.reset()

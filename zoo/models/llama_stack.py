@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.models.base import pads_before_tokens
 from zoo.models.llama_weights import upgrade_on_load
 from zoo.models.moe import MoEFeedForward, moe_options
 
@@ -248,13 +249,16 @@ class LlamaStack(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Embeddings ``[B, T, d]`` (pads marked 0 in ``mask`` ``[B, T]``) → hidden ``[B, T, d]``.
 
-        With a mask, attention runs with a boolean mask tensor; callers that know a batch has no
-        pad before a token pass ``mask=None`` for the faster plain causal path
-        (:func:`zoo.models.base.pads_before_tokens`)."""
+        With a mask, attention runs with a boolean mask tensor, unless the mask has no pad
+        before a token (then it changes nothing in a causal stack): that is checked here for a
+        mask on the CPU, where reading it costs no device sync; on an accelerator, callers that
+        know pass ``mask=None`` (:meth:`zoo.models.LanguageModel.forward_batch` does)."""
         T = x.shape[1]
         if T > self.n_ctx:
             raise ValueError(f"sequence of {T} tokens is longer than the stack's n_ctx={self.n_ctx}")
         position_ids = attn_mask = None
+        if mask is not None and mask.device.type == "cpu" and not torch.compiler.is_compiling():
+            mask = mask if pads_before_tokens(mask) else None
         if mask is not None:
             mask = mask.long()
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
