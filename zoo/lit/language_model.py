@@ -77,6 +77,8 @@ class LanguageModelTask(L.LightningModule):
         """(Re)build the evaluation metrics for the model's current side information; call it
         after changing what the model's side information costs (e.g. its storage format)."""
         self.metrics = nn.ModuleDict({s: task_metrics(self.side_bits_per_sequence) for s in EVAL_STAGES})
+        #: stages whose metrics hold batches not logged yet
+        self._scored_stages: set[str] = set()
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -125,20 +127,36 @@ class LanguageModelTask(L.LightningModule):
         return {"loss": loss, "nll": stats.nll.detach(), "valid": stats.valid}
 
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
+        """Update ``stage``'s metrics; they are logged once, at the end of the stage
+        (:meth:`_log_stages`): logging six metrics per batch cost Lightning more than the
+        metrics themselves on small models."""
         stats = token_stats(self(batch), batch["labels"], batch["target_bytes"], with_entropy=True)
-        m = self.metrics[stage]
-        update_all(m, stats, n_sequences=batch["input_ids"].shape[0])
-        prefix = log_prefix(stage)
-        for name, metric in m.items():
-            self.log(f"{prefix}/{name}", metric, prog_bar=name == "bpb" and stage == "val",
-                     add_dataloader_idx=False, batch_size=batch["input_ids"].shape[0])
+        update_all(self.metrics[stage], stats, n_sequences=batch["input_ids"].shape[0])
+        self._scored_stages.add(stage)
+
+    def _log_stages(self, stages: list[str]) -> None:
+        """Log (Lightning computes, then resets) the metrics of the ``stages`` that scored batches."""
+        for stage in stages:
+            if stage not in self._scored_stages:
+                continue
+            prefix = log_prefix(stage)
+            for name, metric in self.metrics[stage].items():
+                self.log(f"{prefix}/{name}", metric, prog_bar=name == "bpb" and stage == "val",
+                         add_dataloader_idx=False)
+        self._scored_stages.difference_update(stages)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
 
+    def on_validation_epoch_end(self) -> None:
+        self._log_stages(["val"])
+
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Test loaders are the report's splits, named by :attr:`report_stages` in order."""
         self._eval_step(self.report_stages[dataloader_idx], batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stages(list(self.report_stages))
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> dict:
