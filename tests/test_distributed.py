@@ -117,6 +117,18 @@ def test_fsdp2_trains_and_reloads_in_one_process(tmp_path, cache_dir) -> None:
     assert alone["bpb"] == pytest.approx(report["splits"]["val"]["bpb"], rel=1e-5)
 
 
+def assert_same_training(a: dict, b: dict) -> None:
+    """Weights of two runs that did the same steps on the same samples, one process against
+    two: equal to summation-order rounding. AdamW divides by the root of the second moment,
+    so a coordinate whose gradient is near zero can turn rounding into a visible difference;
+    at most one in a thousand weights may differ by more than 1e-5, none by more than 1e-4
+    (a lost, repeated or reordered batch moves nearly every weight by about the learning rate)."""
+    for k in a:
+        diff = (b[k].float() - a[k].float()).abs()
+        assert diff.max() <= 1e-4 + 1e-4 * a[k].float().abs().max(), (k, float(diff.max()))
+        assert (diff > 1e-5).float().mean() <= 1e-3, (k, float((diff > 1e-5).float().mean()))
+
+
 @pytest.mark.slow
 def test_single_process_checkpoint_resumes_under_ddp(tmp_path, cache_dir) -> None:
     """One process (batch 8) stopped by SIGTERM mid-run, resumed on two (batch 4 each), ends
@@ -138,5 +150,4 @@ def test_single_process_checkpoint_resumes_under_ddp(tmp_path, cache_dir) -> Non
     resumed = fit(tmp_path / "split", "trainer=ddp_cpu", "data.batch_size=4", *same, "resume=auto")
     assert resumed == first  # continued in the same run folder
     a, b = state(straight / "checkpoints" / "last.ckpt"), state(resumed / "checkpoints" / "last.ckpt")
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    assert_same_training(a, b)
