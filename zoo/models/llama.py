@@ -23,7 +23,6 @@ from zoo.models.llama_stack import (
     LlamaStack,
     default_d_ff,
     init_llama_weights,
-    use_moe_mlps,
 )
 from zoo.models.llama_weights import to_transformers, upgrade_on_load
 from zoo.models.moe import MoEFeedForward
@@ -113,14 +112,12 @@ class CausalTransformer(LanguageModel):
         self.n_ctx = n_ctx
         self.embed_tokens = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
         self.stack = LlamaStack(n_ctx, d_model, n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff,
-                                rope_theta=rope_theta, dropout=dropout, init_std=init_std, initialize=False)
+                                rope_theta=rope_theta, dropout=dropout, init_std=init_std, moe=moe)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        # one pass in module order (embedding, blocks, head), the order transformers uses too
-        init_llama_weights(self, init_std)
+        init_llama_weights(self.embed_tokens, init_std)
+        init_llama_weights(self.lm_head, init_std)
         if tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        if moe is not None:
-            use_moe_mlps(self.stack.layers, moe, init_std)
         self.register_load_state_dict_pre_hook(upgrade_on_load)
 
     @classmethod

@@ -207,8 +207,6 @@ class LlamaStack(nn.Module):
             initialisation of every projection (Llama's ``initializer_range``).
         moe: a ``model.moe`` section (:data:`zoo.models.moe.MOE_OPTIONS`): every block's
             SwiGLU becomes a routed mixture of SwiGLU experts.
-        initialize: draw the normal initialisation now (``False``: the caller initialises the
-            whole model at once, as :class:`zoo.models.llama.CausalTransformer` does).
     """
 
     #: the repeated block (the unit FSDP shards)
@@ -226,7 +224,6 @@ class LlamaStack(nn.Module):
         dropout: float = 0.0,
         init_std: float = 0.02,
         moe: Mapping[str, Any] | None = None,
-        initialize: bool = True,
     ) -> None:
         super().__init__()
         if d % n_heads:
@@ -241,8 +238,7 @@ class LlamaStack(nn.Module):
         self.norm = nn.RMSNorm(d, eps=1e-6)
         self.rotary = RotaryEmbedding(d // n_heads, n_ctx, rope_theta)
         self.register_load_state_dict_pre_hook(upgrade_on_load)  # older files: hf.layers...
-        if initialize:
-            init_llama_weights(self, init_std)
+        init_llama_weights(self, init_std)
         if moe is not None:
             use_moe_mlps(self.layers, moe, init_std)
 
