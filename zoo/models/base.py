@@ -35,6 +35,16 @@ default that fits a plain causal LM; a family overrides only what differs:
 * :meth:`LanguageModel.forward_flops_per_token` — the FLOP count behind MFU;
 * :meth:`LanguageModel.auxiliary_loss` — extra training losses its layers produce (e.g. the
   load-balancing loss of mixture-of-experts layers, :class:`AuxiliaryLossLayer`).
+
+What the compressor (``zoo.codec``) asks, with defaults for a plain causal LM:
+
+* :meth:`LanguageModel.side_information` / :meth:`LanguageModel.predict` — the numbers a
+  decoder needs besides the past tokens (the EACD's vector, which the file stores), and the
+  logits given them;
+* :meth:`LanguageModel.incremental_decoder` — a token-at-a-time decoder with a cache (``None``:
+  the compressor recomputes the whole window per token);
+* :meth:`LanguageModel.decouple_rows` — switch off whatever lets one token's output depend on
+  other tokens of the batch (:class:`RowCoupledLayer`, e.g. the experts' capacity limits).
 """
 
 from __future__ import annotations
@@ -62,6 +72,25 @@ class SparseLayer(Protocol):
 
     def inactive_parameters(self) -> int:
         """Parameters a token does not use (counted in ``total``, not in ``active``)."""
+        ...
+
+
+@runtime_checkable
+class RowCoupledLayer(Protocol):
+    """A layer whose output for one token can depend on the other tokens of its batch (a
+    mixture of experts with a capacity: a token is dropped when others fill its expert)."""
+
+    def decouple_rows(self) -> None:
+        """From now on, compute every token independently of the rest of the batch."""
+        ...
+
+
+@runtime_checkable
+class IncrementalDecoder(Protocol):
+    """A model run one position at a time over a batch of rows, with its cache."""
+
+    def step(self, token_ids: Tensor) -> Tensor:
+        """Feed the next input token of every row (``[B]``); the next-token logits ``[B, V]``."""
         ...
 
 
@@ -102,6 +131,35 @@ class LanguageModel(nn.Module):
         if mask is not None and not pads_before_tokens(mask):
             mask = None
         return self(batch["input_ids"], attention_mask=mask)
+
+    def side_information(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """Numbers ``[B, n]`` the model reads per row besides the past tokens, already in the
+        format they are stored in (``None``: none). A compressed file stores them, at
+        :attr:`side_bits_per_sequence` bits a row (:meth:`side_format`)."""
+        return None
+
+    def side_format(self) -> Any | None:
+        """The :class:`~zoo.models.vector_formats.VectorFormat` that stores
+        :meth:`side_information` (``None``: the model has none)."""
+        return None
+
+    def predict(self, input_ids: Tensor, side: Tensor | None = None) -> Tensor:
+        """Logits ``[B, T, V]`` of unpadded ``input_ids`` given ``side`` (from
+        :meth:`side_information`): what a decoder computes without the batch's labels."""
+        return self(input_ids)
+
+    def incremental_decoder(self, side: Tensor | None, batch_size: int) -> IncrementalDecoder | None:
+        """A decoder for ``batch_size`` rows that takes one token at a time and keeps a cache
+        (``None``, the default: the family has none)."""
+        return None
+
+    def decouple_rows(self) -> None:
+        """Make every token's output independent of the other tokens of its batch (every
+        :class:`RowCoupledLayer` inside): a compressor's decoder sees a batch the encoder
+        did not."""
+        for module in self.modules():
+            if isinstance(module, RowCoupledLayer) and module is not self:
+                module.decouple_rows()
 
     def transformers_model(self) -> Any | None:
         """The ``transformers`` ``PreTrainedModel`` this model is (for ``zoo.export`` and

@@ -222,6 +222,39 @@ class EncoderAugmentedDecoder(LanguageModel):
         fwd += 2 * (matmul_weights(self.down) + (matmul_weights(self.up) if hasattr(self, "up") else 0)) / n_ctx
         return fwd
 
+    # ------------------------------------------------------------------ compression (zoo.codec)
+    def side_information(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The stored vector ``[B, d_c]`` of each row (its encoder reads the row's labels)."""
+        return self.vector(batch["input_ids"], batch.get("attention_mask"), batch["labels"])
+
+    def side_format(self) -> Any:
+        return self.vector_format
+
+    def predict(self, input_ids: Tensor, side: Tensor | None = None) -> Tensor:
+        """The decoder's logits given the stored vector ``side`` (no encoder run)."""
+        if side is None:
+            raise ValueError("the EACD's decoder needs its vector (side information)")
+        return self.decode(input_ids, None, side)
+
+    def incremental_decoder(self, side: Tensor | None, batch_size: int) -> Any:
+        """Token-at-a-time decoding when the decoder is a Llama stack (a mixer: ``None``)."""
+        from zoo.models.llama_stack import CachedDecoder, LlamaStack
+
+        if side is None:
+            raise ValueError("the EACD's decoder needs its vector (side information)")
+        if not isinstance(self.decoder, LlamaStack):
+            return None
+        head = self.head
+        if self.injection == "token":
+            up = self.up(side)[:, None, :]
+            return CachedDecoder(self.decoder, self.dec_embed, head, prefix=up)
+        if self.injection == "additive":
+            up = self.up(side)[:, None, :]
+            return CachedDecoder(self.decoder, lambda ids: self.dec_embed(ids) + up, head)
+        vec = side[:, None, :]
+        return CachedDecoder(self.decoder, lambda ids: torch.cat([(x := self.dec_embed(ids)), vec.to(x.dtype)], -1),
+                             head)
+
     # ------------------------------------------------------------------ model call
     def forward_batch(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The encoder reads the batch's ``labels`` (the tokens the decoder predicts)."""

@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from zoo.models.base import LanguageModel, register_model
 from zoo.models.llama_stack import (
+    CachedDecoder,
     LlamaBlock,
     LlamaStack,
     default_d_ff,
@@ -143,6 +144,10 @@ class CausalTransformer(LanguageModel):
             raise RuntimeError(f"weight mapping to transformers is incomplete: missing {missing[:3]}, "
                                f"unexpected {unexpected[:3]}")
         return hf.eval()
+
+    def incremental_decoder(self, side: torch.Tensor | None, batch_size: int) -> CachedDecoder:
+        """Token-at-a-time decoding with the stack's key/value cache."""
+        return CachedDecoder(self.stack, lambda ids: self.embed_tokens(ids), self.lm_head)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits ``[B, T, V]`` for ``input_ids`` ``[B, T]``.

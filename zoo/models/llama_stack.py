@@ -12,7 +12,9 @@ logits agree):
   mask tensor when the batch has no padding (the common, packed case); a boolean mask only
   when a batch has pads;
 * the rotary tables (cos, sin) are computed once for ``n_ctx`` positions and rotate q and k
-  together; nothing in the forward pass makes a host sync, so ``torch.compile`` sees one graph.
+  together; nothing in the forward pass makes a host sync, so ``torch.compile`` sees one graph;
+* :meth:`LlamaStack.step` runs one position at a time with a key/value cache
+  (:class:`KVCache`), for decoding a token at a time (``zoo.codec``).
 
 Parameter names follow ``transformers`` (``self_attn``, ``o_proj``, ``mlp``, ``down_proj``,
 ``input_layernorm``, ``post_attention_layernorm``) so the mapping stays a table.
@@ -24,7 +26,7 @@ the same hidden states at its real tokens as its unpadded copy; pads are never a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -81,6 +83,48 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+class LayerCache:
+    """The keys and values one attention layer has seen so far (``[B, kv_heads, t, hd]``)."""
+
+    def __init__(self) -> None:
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new positions' ``k``, ``v`` and return all positions' so far."""
+        if self.keys is not None and self.values is not None:
+            k, v = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
+        self.keys, self.values = k, v
+        return k, v
+
+
+class KVCache:
+    """A :class:`LlamaStack`'s cache for :meth:`LlamaStack.step`: one :class:`LayerCache` per
+    block and the number of positions seen."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers = [LayerCache() for _ in range(n_layers)]
+        self.length = 0
+
+
+class CachedDecoder:
+    """An :class:`~zoo.models.base.IncrementalDecoder` over a :class:`LlamaStack`:
+    ``embed(token_ids [B, 1]) -> [B, 1, d]``, the stack's cached :meth:`LlamaStack.step`, then
+    ``head`` (hidden → logits).
+
+    ``prefix``: embeddings ``[B, 1, d]`` fed first (the EACD's vector token), output unused."""
+
+    def __init__(self, stack: LlamaStack, embed: Callable[[Tensor], Tensor], head: Callable[[Tensor], Tensor],
+                 prefix: Tensor | None = None) -> None:
+        self.stack, self.embed, self.head = stack, embed, head
+        self.cache = stack.new_cache()
+        if prefix is not None:
+            stack.step(prefix, self.cache)
+
+    def step(self, token_ids: Tensor) -> Tensor:
+        return self.head(self.stack.step(self.embed(token_ids[:, None]), self.cache))[:, 0]
+
+
 class Attention(nn.Module):
     """Causal grouped-query self-attention with one fused q/k/v projection (no biases).
 
@@ -102,16 +146,26 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(d, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=False)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None = None,
+                cache: LayerCache | None = None) -> Tensor:
         """``x`` ``[B, T, d]`` → ``[B, T, d]``; ``attn_mask`` ``[B, 1, T, T]`` (True: may
-        attend) or ``None`` for plain causal attention."""
+        attend) or ``None`` for plain causal attention.
+
+        With a ``cache`` holding earlier positions, ``x`` is ONE new position (``T == 1``): it
+        attends to every cached position and itself, and its key and value join the cache."""
         B, T, _ = x.shape
         h, kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv_proj(x).view(B, T, h + 2 * kv, hd).transpose(1, 2)  # [B, heads, T, hd]
         qk = rotate(qkv[:, : h + kv], cos, sin)  # q and k rotated in one go
         q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kv :]
+        causal = attn_mask is None
+        if cache is not None:
+            if cache.keys is not None and T != 1:
+                raise ValueError(f"a cached attention step takes one position, got {T}")
+            causal = causal and cache.keys is None
+            k, v = cache.extend(k, v)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+            q, k, v, attn_mask=attn_mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=kv != h,
         )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, h * hd))
@@ -147,8 +201,9 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(d, eps=eps)
         self.mlp: nn.Module = SwiGLU(d, d_ff)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None = None,
+                cache: LayerCache | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -264,3 +319,23 @@ class LlamaStack(nn.Module):
             x = layer(x, cos, sin, attn_mask)
         return self.norm(x)
 
+    def new_cache(self) -> KVCache:
+        """An empty cache for :meth:`step`."""
+        return KVCache(len(self.layers))
+
+    def step(self, x: Tensor, cache: KVCache) -> Tensor:
+        """The next position: embeddings ``[B, 1, d]`` → hidden ``[B, 1, d]``, attending to
+        the positions in ``cache`` (which the call extends). Every row is at the same position
+        (no padding); the result equals :meth:`forward` over the whole prefix up to float
+        rounding."""
+        t = cache.length
+        if x.shape[1] != 1:
+            raise ValueError(f"LlamaStack.step takes one position, got {x.shape[1]}")
+        if t >= self.n_ctx:
+            raise ValueError(f"position {t} is past the stack's n_ctx={self.n_ctx}")
+        cos = self.rotary.cos[None, None, t : t + 1].to(x.dtype)
+        sin = self.rotary.sin[None, None, t : t + 1].to(x.dtype)
+        for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
+            x = layer(x, cos, sin, None, layer_cache)
+        cache.length = t + 1
+        return self.norm(x)

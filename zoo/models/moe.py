@@ -166,6 +166,11 @@ class MoEFeedForward(nn.Module):
         """Parameters a token does not use: the ``n_experts - k`` experts it is not routed to."""
         return (self.n_experts - self.k) * self.expert_parameters()
 
+    def decouple_rows(self) -> None:
+        """No capacity limit from now on: a token is never dropped because of the others, so
+        its output depends on it alone (a compressor's decoder needs that)."""
+        self.capacity_factor = None
+
     def capacity(self, n_tokens: int) -> int | None:
         """Most assignments one expert takes from a batch of ``n_tokens`` (None: no limit)."""
         if self.capacity_factor is None:

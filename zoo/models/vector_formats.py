@@ -37,6 +37,30 @@ class VectorFormat:
         """Bits that store one vector of ``d`` numbers in this format."""
         return d * self.bits + self.overhead_bits
 
+    def bytes_per_vector(self, d: int) -> int:
+        """Bytes that store one vector of ``d`` numbers (:meth:`pack`): its bits rounded up."""
+        return -(-self.bits_per_vector(d) // 8)
+
+    def pack(self, x: Tensor) -> bytes:
+        """Vectors ``x`` ``[B, d]`` ALREADY in this format (:meth:`round_trip`'s output) as
+        bytes, :meth:`bytes_per_vector` per row: what a compressed file stores."""
+        x = x.detach().float().cpu()
+        if self.name == "int8":
+            scale = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=2.0**-14).to(torch.float16)
+            q = (x / scale.float()).round().clamp(-127, 127).to(torch.int8)
+            rows = torch.cat([scale.view(torch.uint8), q.view(torch.uint8)], dim=-1)
+        else:
+            rows = x.to(self.dtype or torch.float32).contiguous().view(torch.uint8)
+        return rows.numpy().tobytes()
+
+    def unpack(self, data: bytes, d: int) -> Tensor:
+        """:meth:`pack`'s bytes back as float32 vectors ``[B, d]``."""
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(-1, self.bytes_per_vector(d))
+        if self.name == "int8":
+            scale = raw[:, :2].contiguous().view(torch.float16).float()
+            return raw[:, 2:].contiguous().view(torch.int8).float() * scale
+        return raw.contiguous().view(self.dtype or torch.float32).float()
+
     def round_trip(self, x: Tensor) -> Tensor:
         """``x`` stored in this format and read back (same dtype and shape as ``x``)."""
         if self.name == "fp32":

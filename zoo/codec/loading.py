@@ -1,0 +1,46 @@
+"""The model a compressed file is written with: a published name, an exported folder or a
+Lightning ``.ckpt``, with its weights in a storage mode and the EACD's vector in a format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from zoo.codec.container import CodecError
+from zoo.errors import ZooError
+
+
+def load_for_coding(name_or_path: str | Path, weights: str = "fp32",
+                    vector_format: str | None = None) -> tuple[nn.Module, Any, int, str]:
+    """``(model, tokenizer, n_ctx, sha256 of the weights as loaded)``.
+
+    ``weights`` (:mod:`zoo.quantize`: ``fp32``, ``bf16``, ``fp16``, ``int8``, ``nf4``,
+    ``fp4``) is applied after the identity is taken, so one model has one identity whatever
+    mode a file records beside it. ``vector_format`` sets an EACD's vector format."""
+    from zoo.codec.codec import weights_sha256
+    from zoo.evaluate import load_named_task
+    from zoo.hub.registry import resolve
+    from zoo.quantize import WEIGHT_FORMATS, quantize_weights
+
+    ref = str(name_or_path)
+    folder = None if ref.endswith(".ckpt") else resolve(ref)
+    if folder is None and not Path(ref).expanduser().is_file():
+        raise CodecError(f"model {ref!r} is not a published model, a model folder or a .ckpt file "
+                         "(python -m zoo.models lists the published ones)")
+    if weights not in WEIGHT_FORMATS:
+        raise CodecError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}; got {weights!r}")
+    task, tokenizer, _run = load_named_task(folder or ref)
+    model = task.model.float().eval()
+    sha = weights_sha256(model)
+    if vector_format is not None:
+        if model.side_format() is None:
+            raise CodecError(f"vector_format={vector_format}: this model stores no vector")
+        try:
+            model.set_vector_format(vector_format)
+        except ZooError as e:
+            raise CodecError(f"vector_format={vector_format}: {e}") from None
+    if weights != "fp32":
+        model, _share = quantize_weights(model, weights)
+    return model, tokenizer, int(task.hparams.n_ctx), sha
