@@ -10,11 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zoo.codec.codec import DEFAULT_ROWS, PATHS, ModelCodec, batches, weights_sha256
+from zoo.codec.codec import (
+    DEFAULT_ROWS,
+    PATHS,
+    SEGMENTATIONS,
+    ModelCodec,
+    Segment,
+    batches,
+    document_segments,
+    weights_sha256,
+    window_segments,
+)
 from zoo.codec.container import CodecError, Container
 
-__all__ = ["DEFAULT_ROWS", "PATHS", "CodecError", "Container", "ModelCodec", "batches", "compress",
-           "decompress", "weights_sha256"]
+__all__ = ["DEFAULT_ROWS", "PATHS", "SEGMENTATIONS", "CodecError", "Container", "ModelCodec", "Segment",
+           "batches", "compress", "decompress", "document_segments", "weights_sha256", "window_segments"]
 
 
 def compress(model: str | Path, data: bytes, **options: Any) -> bytes:
@@ -29,6 +39,7 @@ def decompress(model: str | Path, blob: bytes, **options: Any) -> bytes:
     from the file; ``model`` must be the model that wrote it."""
     header = Container.from_bytes(bytes(blob)).header
     options.setdefault("weights", header["model"]["weights"])
+    options.setdefault("segments", header.get("segments"))
     if header.get("side"):
         options.setdefault("vector_format", header["side"]["format"])
     return ModelCodec.from_pretrained(model, **options).decompress(blob)

@@ -53,7 +53,7 @@ from zoo.errors import ZooError
 #: numeric paths (module docstring); ``auto`` takes ``cached`` where the family has one
 PATHS = ("auto", "cached", "window")
 #: segments per batch unless told otherwise
-DEFAULT_ROWS = 32
+DEFAULT_ROWS = 64
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -89,34 +89,55 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+#: how the tokens are cut into segments: across documents (as a packed split is read), or
+#: inside each document (as a left-padded split is read: each document starts afresh)
+SEGMENTATIONS = ("windows", "documents")
+
+
 @dataclass(frozen=True)
 class Segment:
-    """``length`` tokens from ``start`` of the input; ``first_in_lane``: starts from EOT."""
+    """``length`` tokens from ``start`` of the token array; ``fresh``: it starts a document
+    (predicted from ``<|endoftext|>``, not from the token before it)."""
 
     start: int
     length: int
-    first_in_lane: bool
+    fresh: bool = False
 
 
-def batches(n_tokens: int, n_ctx: int, rows: int) -> list[list[Segment]]:
+def window_segments(n_tokens: int, n_ctx: int) -> list[Segment]:
+    """``n_tokens`` cut into segments of ``n_ctx`` (the last may be shorter)."""
+    return [Segment(s, min(n_ctx, n_tokens - s), s == 0) for s in range(0, n_tokens, n_ctx)]
+
+
+def document_segments(lengths: list[int], n_ctx: int) -> list[Segment]:
+    """Each document (``lengths`` tokens each, stored one after another) cut into segments of
+    ``n_ctx``; a document's first segment is fresh. Empty documents have none."""
+    out, start = [], 0
+    for n in lengths:
+        out += [Segment(start + s, min(n_ctx, n - s), s == 0) for s in range(0, n, n_ctx)]
+        start += n
+    return out
+
+
+def batches(segments: list[Segment], rows: int) -> list[list[Segment]]:
     """The batches both sides run: segment ``i`` of every lane, for ``i = 0, 1, ...``.
 
-    ``n_tokens`` are cut into segments of ``n_ctx`` (the last may be shorter), laid out in at
-    most ``rows`` lanes of consecutive segments (the first lanes one segment longer)."""
-    n_seg = -(-n_tokens // n_ctx)
-    if n_seg == 0:
+    The segments are laid out in at most ``rows`` lanes of consecutive segments (the first
+    lanes one segment longer). A lane's first segment is made fresh, so lanes need nothing
+    from each other."""
+    if not segments:
         return []
-    lanes = min(rows, n_seg)
-    q, r = divmod(n_seg, lanes)
+    lanes = min(rows, len(segments))
+    q, r = divmod(len(segments), lanes)
     first = np.cumsum([0] + [q + (j < r) for j in range(lanes)])
     out: list[list[Segment]] = []
     for i in range(q + (r > 0)):
         batch = []
         for j in range(lanes):
-            k = first[j] + i
+            k = int(first[j]) + i
             if k < first[j + 1]:
-                start = int(k) * n_ctx
-                batch.append(Segment(start, min(n_ctx, n_tokens - start), i == 0))
+                seg = segments[k]
+                batch.append(Segment(seg.start, seg.length, seg.fresh or i == 0))
         out.append(batch)
     return out
 
@@ -130,6 +151,9 @@ class ModelCodec:
         n_ctx: tokens per segment (the model's context).
         rows: segments per batch (the decoder uses the file's own value).
         path: ``auto``, ``cached`` or ``window`` (module docstring).
+        segments: ``windows`` (across documents, as a packed split is read) or ``documents``
+            (each document afresh, as a left-padded split is read; the document lengths are
+            coded in the file); default: as the model was trained (``from_pretrained``).
         device: where the model runs (``cpu``, ``cuda``, ...).
         weights: the weight storage mode applied (recorded in the file; see
             :meth:`from_pretrained`).
@@ -138,53 +162,71 @@ class ModelCodec:
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, n_ctx: int, *, rows: int = DEFAULT_ROWS,
-                 path: str = "auto", device: str | torch.device = "cpu", weights: str = "fp32",
-                 model_sha256: str | None = None, progress: bool = True) -> None:
+                 path: str = "auto", segments: str = "windows", device: str | torch.device = "cpu",
+                 weights: str = "fp32", model_sha256: str | None = None, progress: bool = True) -> None:
         if path not in PATHS:
             raise CodecError(f"path must be one of {', '.join(PATHS)}; got {path!r}")
-        if not isinstance(rows, int) or rows < 1:
-            raise CodecError(f"rows must be a positive integer; got {rows!r}")
+        if segments not in SEGMENTATIONS:
+            raise CodecError(f"segments must be one of {', '.join(SEGMENTATIONS)}; got {segments!r}")
+        self.rows = check_rows(rows)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.model.decouple_rows()
-        self.tokenizer, self.n_ctx, self.rows, self.path = tokenizer, int(n_ctx), rows, path
+        self.tokenizer, self.n_ctx, self.path, self.segments = tokenizer, int(n_ctx), path, segments
         self.weights, self.progress = weights, progress
         self.bytes_tokens = TokenBytes(tokenizer)
         self.eot = tokenizer.convert_tokens_to_ids(EOT)
         self.pad = tokenizer.convert_tokens_to_ids(PAD)
         self.model_sha256 = model_sha256 or weights_sha256(model)
         self.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
-        fmt = model.side_format()
-        self.side_format = fmt
+        self.side_format = model.side_format()
         self.vocab_size = len(tokenizer)
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, weights: str = "fp32", vector_format: str | None = None,
-                        **kwargs: Any) -> ModelCodec:
+                        segments: str | None = None, **kwargs: Any) -> ModelCodec:
         """A codec for a published model name, an exported folder or a ``.ckpt``.
 
         ``weights``: a storage mode of :mod:`zoo.quantize` (``fp32``, ``bf16``, ``fp16``,
         ``int8``, ``nf4``, ``fp4``) applied to the weights first; ``vector_format``: the format
-        an EACD's vector is stored in (default: the model's own)."""
+        an EACD's vector is stored in (default: the model's own); ``segments``: default
+        ``documents`` for a model trained on a left-padded layout, else ``windows``."""
         from zoo.codec.loading import load_for_coding
 
-        model, tokenizer, n_ctx, sha = load_for_coding(name_or_path, weights, vector_format)
-        return cls(model, tokenizer, n_ctx, weights=weights, model_sha256=sha, **kwargs)
+        model, tokenizer, n_ctx, sha, layout = load_for_coding(name_or_path, weights, vector_format)
+        if segments is None:
+            segments = "documents" if layout == "left_padded" else "windows"
+        return cls(model, tokenizer, n_ctx, weights=weights, model_sha256=sha, segments=segments, **kwargs)
+
+    def resolved_path(self) -> str:
+        """The numeric path :meth:`compress` takes: ``path``, with ``auto`` resolved to
+        ``cached`` when the family has an incremental decoder, else ``window``."""
+        if self.path != "auto":
+            return self.path
+        side = None
+        if self.side_format is not None:
+            side = torch.zeros(1, int(self.model.d_c), device=self.device)
+        with torch.inference_mode():
+            return "cached" if self.model.incremental_decoder(side, 1) is not None else "window"
 
     # ------------------------------------------------------------------ header
-    def _header(self, data: bytes, n_tokens: int, path: str, side_bytes: int) -> dict[str, Any]:
+    def _header(self, data: bytes, ids: np.ndarray, path: str, side_bytes: int,
+                lengths: list[int] | None) -> dict[str, Any]:
         fmt = self.side_format
-        return {
+        header = {
             "model": {"sha256": self.model_sha256, "weights": self.weights},
             "tokenizer": self.tokenizer_fingerprint,
             "numerics": {**numeric_environment(self.device), "path": path, "rows": self.rows,
                          "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch.")},
-            "n_ctx": self.n_ctx, "bytes": len(data), "tokens": int(n_tokens),
-            "crc32": zlib.crc32(data),
+            "n_ctx": self.n_ctx, "bytes": len(data), "tokens": len(ids), "crc32": zlib.crc32(data),
+            "segments": self.segments,
             "side": None if fmt is None else {"format": fmt.name, "bytes_per_segment": self._side_row_bytes()},
             "side_bytes": side_bytes,
         }
+        if lengths is not None:
+            header["documents"] = {"count": len(lengths), "max_tokens": max(lengths)}
+        return header
 
     def _side_row_bytes(self) -> int:
         return self.side_format.bytes_per_vector(int(self.model.d_c)) if self.side_format else 0
@@ -202,13 +244,15 @@ class ModelCodec:
         if wrote.get("weights") != self.weights:
             raise CodecError(f"{where} was compressed with weights={wrote.get('weights')}; load the model with "
                              f"the same storage mode (this codec has weights={self.weights})")
-        fmt = header.get("side")
+        fmt = (header.get("side") or {}).get("format")
         mine = None if self.side_format is None else self.side_format.name
-        if (fmt or {}).get("format") != mine:
-            raise CodecError(f"{where} stores side information as {(fmt or {}).get('format')}, this model "
-                             f"as {mine}; set vector_format={(fmt or {}).get('format')}")
+        if fmt != mine:
+            raise CodecError(f"{where} stores side information as {fmt}, this model as {mine}; "
+                             f"set vector_format={fmt}")
         if header.get("n_ctx") != self.n_ctx:
             raise CodecError(f"{where} has segments of {header.get('n_ctx')} tokens, this model's n_ctx is {self.n_ctx}")
+        if header.get("segments") not in SEGMENTATIONS:
+            raise CodecError(f"{where} cuts its tokens as {header.get('segments')!r}, which this zoo does not know")
         env = dict(header.get("numerics", {}))
         here = numeric_environment(self.device)
         for key in ("torch", "device", "cpu", "gpu"):
@@ -223,25 +267,34 @@ class ModelCodec:
         import constriction
 
         data = bytes(data)
-        ids = self.bytes_tokens.encode(data)
         encoder = constriction.stream.queue.RangeEncoder()
+        lengths: list[int] | None = None
+        if self.segments == "documents":
+            docs = self.bytes_tokens.documents(data)
+            lengths = [len(d) for d in docs]
+            ids = np.concatenate(docs)
+            segments = document_segments(lengths, self.n_ctx)
+            encoder.encode(np.asarray(lengths, dtype=np.int32), _lengths_model(max(lengths)))
+        else:
+            ids = self.bytes_tokens.encode(data)
+            segments = window_segments(len(ids), self.n_ctx)
         side_parts: list[bytes] = []
         path = self.resolved_path()
         with torch.inference_mode(), self._bar("compress", len(ids)) as bar:
-            for batch in batches(len(ids), self.n_ctx, self.rows):
-                inputs, labels, lengths = self._known_batch(ids, batch)
-                side, packed = self._side(inputs, labels, lengths)
+            for batch in batches(segments, self.rows):
+                inputs, labels, lengths_now = self._known_batch(ids, batch)
+                side, packed = self._side(inputs, labels, lengths_now)
                 side_parts.append(packed)
                 decoder = self._incremental(side, len(batch), path)
                 logits = None if decoder is not None else self.model.predict(inputs, side)
-                for t in range(int(lengths.max())):
+                for t in range(int(lengths_now.max())):
                     step = decoder.step(inputs[:, t]) if decoder is not None else logits[:, t]
-                    active = (lengths > t).nonzero()[0]
+                    active = (lengths_now > t).nonzero()[0]
                     encoder.encode(labels[active, t].numpy().astype(np.int32), _family(),
                                    _probabilities(step, active))
-                bar.update(int(lengths.sum()))
+                bar.update(int(lengths_now.sum()))
         side = b"".join(side_parts)
-        header = self._header(data, len(ids), path, len(side))
+        header = self._header(data, ids, path, len(side), lengths)
         return Container(header, side, encoder.get_compressed()).to_bytes()
 
     def decompress(self, blob: bytes, where: str = "input") -> bytes:
@@ -254,18 +307,27 @@ class ModelCodec:
         self.check(header, where)
         numerics = header["numerics"]
         n_tokens, path, rows = int(header["tokens"]), numerics["path"], int(numerics["rows"])
+        stream = constriction.stream.queue.RangeDecoder(box.words)
+        lengths: list[int] | None = None
+        if header["segments"] == "documents":
+            docs = header.get("documents") or {}
+            lengths = stream.decode(_lengths_model(int(docs["max_tokens"])), int(docs["count"])).tolist()
+            if sum(lengths) != n_tokens:
+                raise CodecError(f"{where} does not decode with this model (its document lengths do not add up)")
+            segments = document_segments(lengths, self.n_ctx)
+        else:
+            segments = window_segments(n_tokens, self.n_ctx)
+        plan = batches(segments, rows)
         row_bytes = self._side_row_bytes()
-        plan = batches(n_tokens, self.n_ctx, rows)
-        if len(box.side) != row_bytes * sum(len(b) for b in plan):
+        if len(box.side) != row_bytes * len(segments):
             raise CodecError(f"{where}: its side information does not fit its header")
-        decoder_stream = constriction.stream.queue.RangeDecoder(box.words)
         ids = np.zeros(n_tokens, dtype=np.int64)
         offset = 0
         with torch_threads(int(numerics["threads"])), torch.inference_mode(), \
                 self._bar("decompress", n_tokens) as bar:
             for batch in plan:
                 B = len(batch)
-                lengths = np.array([s.length for s in batch])
+                lengths_now = np.array([s.length for s in batch])
                 inputs = torch.full((B, self.n_ctx), self.pad, dtype=torch.long)
                 inputs[:, 0] = torch.tensor([self._context(ids, s) for s in batch])
                 inputs = inputs.to(self.device)
@@ -275,43 +337,31 @@ class ModelCodec:
                     side = side.to(self.device)
                     offset += B * row_bytes
                 decoder = self._incremental(side, B, path)
-                if path == "cached" and decoder is None:
-                    raise CodecError(f"{where} was written on the cached path, which this model does not have")
-                for t in range(int(lengths.max())):
-                    if decoder is not None:
-                        step = decoder.step(inputs[:, t])
-                    else:
-                        step = self.model.predict(inputs, side)[:, t]
-                    active = (lengths > t).nonzero()[0]
-                    symbols = np.asarray(decoder_stream.decode(_family(), _probabilities(step, active)))
+                for t in range(int(lengths_now.max())):
+                    step = decoder.step(inputs[:, t]) if decoder is not None else self.model.predict(inputs, side)[:, t]
+                    active = (lengths_now > t).nonzero()[0]
+                    symbols = np.asarray(stream.decode(_family(), _probabilities(step, active)), dtype=np.int64)
                     if (symbols < 0).any() or (symbols >= self.vocab_size).any():
                         raise CodecError(f"{where} does not decode with this model (a token out of range)")
-                    for row, sym in zip(active, symbols, strict=True):
-                        ids[batch[row].start + t] = sym
+                    ids[[batch[r].start + t for r in active]] = symbols
                     if t + 1 < self.n_ctx:
                         inputs[torch.as_tensor(active, device=self.device), t + 1] = torch.as_tensor(
-                            symbols.astype(np.int64), device=self.device)
-                bar.update(int(lengths.sum()))
-        data = self.bytes_tokens.decode(ids)
+                            symbols, device=self.device)
+                bar.update(int(lengths_now.sum()))
+        if lengths is None:
+            data = self.bytes_tokens.decode(ids)
+        else:
+            bounds = np.cumsum([0] + lengths)
+            data = EOT.encode().join(self.bytes_tokens.decode(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
         if len(data) != header["bytes"] or zlib.crc32(data) != header["crc32"]:
             raise CodecError(f"{where} decoded to bytes that fail its CRC-32: the numeric path differs from the "
                              "encoder's (another thread count, BLAS or kernel); nothing was written")
         return data
 
-    def resolved_path(self) -> str:
-        """The numeric path :meth:`compress` takes: ``path``, with ``auto`` resolved to
-        ``cached`` when the family has an incremental decoder, else ``window``."""
-        if self.path != "auto":
-            return self.path
-        side = None
-        if self.side_format is not None:
-            side = torch.zeros(1, int(self.model.d_c), device=self.device)
-        with torch.inference_mode():
-            return "cached" if self.model.incremental_decoder(side, 1) is not None else "window"
-
     # ------------------------------------------------------------------ pieces
     def _context(self, ids: np.ndarray, segment: Segment) -> int:
-        return self.eot if segment.first_in_lane else int(ids[segment.start - 1])
+        """A segment's first input: end-of-text for a fresh one, else the token before it."""
+        return self.eot if segment.fresh else int(ids[segment.start - 1])
 
     def _known_batch(self, ids: np.ndarray, batch: list[Segment]) -> tuple[Tensor, Tensor, np.ndarray]:
         """Inputs ``[B, n_ctx]`` (on the device), labels ``[B, n_ctx]`` (CPU, pad past the end)
@@ -337,7 +387,7 @@ class ModelCodec:
         if path == "window":
             return None
         decoder = self.model.incremental_decoder(side, batch_size)
-        if decoder is None and path == "cached":
+        if decoder is None:
             raise CodecError(f"path=cached: model family {getattr(self.model, 'family', '?')} has no incremental "
                              "decoder; use path=window or path=auto")
         return decoder
@@ -345,6 +395,15 @@ class ModelCodec:
     def _bar(self, what: str, total: int) -> Any:
         return tqdm(total=total, desc=what, unit="tok", unit_scale=True, disable=not self.progress or None,
                     leave=False)
+
+
+def _lengths_model(max_tokens: int) -> Any:
+    """Document lengths are coded uniformly over ``0..max_tokens`` (``max_tokens`` is in the
+    header): about ``log2(max_tokens + 1)`` bits a document, which a file that separates its
+    documents pays and a split scored document by document gets for free."""
+    import constriction
+
+    return constriction.stream.model.Uniform(int(max_tokens) + 1)
 
 
 def _family() -> Any:

@@ -13,8 +13,8 @@ from zoo.errors import ZooError
 
 
 def load_for_coding(name_or_path: str | Path, weights: str = "fp32",
-                    vector_format: str | None = None) -> tuple[nn.Module, Any, int, str]:
-    """``(model, tokenizer, n_ctx, sha256 of the weights as loaded)``.
+                    vector_format: str | None = None) -> tuple[nn.Module, Any, int, str, str]:
+    """``(model, tokenizer, n_ctx, sha256 of the weights as loaded, training layout)``.
 
     ``weights`` (:mod:`zoo.quantize`: ``fp32``, ``bf16``, ``fp16``, ``int8``, ``nf4``,
     ``fp4``) is applied after the identity is taken, so one model has one identity whatever
@@ -31,7 +31,8 @@ def load_for_coding(name_or_path: str | Path, weights: str = "fp32",
                          "(python -m zoo.models lists the published ones)")
     if weights not in WEIGHT_FORMATS:
         raise CodecError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}; got {weights!r}")
-    task, tokenizer, _run = load_named_task(folder or ref)
+    task, tokenizer, run = load_named_task(folder or ref)
+    layout = str((run.get("data") or {}).get("layout") or "packed")
     model = task.model.float().eval()
     sha = weights_sha256(model)
     if vector_format is not None:
@@ -43,4 +44,4 @@ def load_for_coding(name_or_path: str | Path, weights: str = "fp32",
             raise CodecError(f"vector_format={vector_format}: {e}") from None
     if weights != "fp32":
         model, _share = quantize_weights(model, weights)
-    return model, tokenizer, int(task.hparams.n_ctx), sha
+    return model, tokenizer, int(task.hparams.n_ctx), sha, layout

@@ -4,9 +4,12 @@ A byte-level BPE has one token for each of the 256 byte values, and every token 
 fixed byte string (its vocabulary entry, read through GPT-2's byte-to-character table). So any
 bytes have a token sequence, and the sequence's bytes are the input again:
 
-* valid UTF-8 runs go through the tokenizer as text (its merges give the short sequence the
-  model was trained on), with special-token strings such as ``<|endoftext|>`` read as plain
-  text, so they stay the characters they are;
+* the text ``<|endoftext|>`` is the end-of-text token, which stands for exactly those 13
+  bytes: a file of documents joined by it (the usual corpus layout) is coded as the model
+  reads a packed split, each document tokenised on its own and its end predicted;
+* valid UTF-8 runs between them go through the tokenizer as text (its merges give the short
+  sequence the model was trained on); any other special-token string (``<|pad|>``) is plain
+  text there;
 * bytes that are not UTF-8 (a lone ``0xff``, a cut multi-byte character) become their
   single-byte tokens;
 * a run whose tokens would not give its bytes back (a tokenizer with a normaliser) falls back
@@ -19,9 +22,8 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from zoo.data.tokenizer import is_byte_level
+from zoo.data.tokenizer import EOT, is_byte_level, token_bytes
 from zoo.errors import ZooError
 
 #: characters ``bytes.decode("utf-8", "surrogateescape")`` puts where a byte is not UTF-8
@@ -42,13 +44,9 @@ class TokenBytes:
         if not is_byte_level(tokenizer):
             raise ZooError("compression needs a byte-level BPE tokenizer (every zoo model has one); "
                            "this one cannot spell arbitrary bytes")
-        char_byte = {c: b for b, c in bytes_to_unicode().items()}
-        specials = set(tokenizer.all_special_ids)
-        vocab = tokenizer.get_vocab()
-        pieces: list[bytes] = [b""] * len(tokenizer)
-        for token, idx in vocab.items():
-            if idx not in specials:
-                pieces[idx] = bytes(char_byte[c] for c in token)
+        pieces = token_bytes(tokenizer)
+        self.eot = tokenizer.convert_tokens_to_ids(EOT)
+        pieces[self.eot] = EOT.encode()
         self.pieces = pieces
         single = {p[0]: i for i, p in enumerate(pieces) if len(p) == 1}
         missing = [b for b in range(256) if b not in single]
@@ -61,7 +59,21 @@ class TokenBytes:
 
     def encode(self, data: bytes) -> np.ndarray:
         """Token ids ``[N]`` (int64) whose bytes are exactly ``data``."""
-        runs = _NOT_UTF8.split(bytes(data).decode("utf-8", "surrogateescape"))
+        out: list[np.ndarray] = []
+        for i, doc in enumerate(self.documents(data)):
+            if i:
+                out.append(np.array([self.eot], dtype=np.int64))
+            out.append(doc)
+        return np.concatenate(out)
+
+    def documents(self, data: bytes) -> list[np.ndarray]:
+        """The token ids of each document of ``data`` (the parts between ``<|endoftext|>``;
+        one for data without it)."""
+        return [self.encode_document(doc) for doc in bytes(data).split(EOT.encode())]
+
+    def encode_document(self, data: bytes) -> np.ndarray:
+        """Token ids of bytes read as one document (``<|endoftext|>`` in it is plain text)."""
+        runs = _NOT_UTF8.split(data.decode("utf-8", "surrogateescape"))
         text = [(i, run) for i, run in enumerate(runs) if i % 2 == 0 and run]  # odd: not UTF-8
         ids_of = dict(zip((i for i, _ in text),
                           (e.ids for e in self._backend.encode_batch([r for _, r in text], add_special_tokens=False)),

@@ -84,26 +84,35 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class LayerCache:
-    """The keys and values one attention layer has seen so far (``[B, kv_heads, t, hd]``)."""
+    """The keys and values one attention layer has seen so far, in buffers of ``capacity``
+    positions allocated at the first call (``[B, kv_heads, capacity, hd]``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.length = capacity, 0
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append the new positions' ``k``, ``v`` and return all positions' so far."""
-        if self.keys is not None and self.values is not None:
-            k, v = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
-        self.keys, self.values = k, v
-        return k, v
+        """Write the new positions' ``k``, ``v`` after the cached ones; all positions' so far."""
+        n = k.shape[2]
+        if self.keys is None or self.values is None:
+            B, heads, _, hd = k.shape
+            self.keys = k.new_empty(B, heads, self.capacity, hd)
+            self.values = v.new_empty(B, heads, self.capacity, hd)
+        if self.length + n > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} positions; {self.length + n} asked")
+        self.keys[:, :, self.length : self.length + n] = k
+        self.values[:, :, self.length : self.length + n] = v
+        self.length += n
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
 
 class KVCache:
     """A :class:`LlamaStack`'s cache for :meth:`LlamaStack.step`: one :class:`LayerCache` per
     block and the number of positions seen."""
 
-    def __init__(self, n_layers: int) -> None:
-        self.layers = [LayerCache() for _ in range(n_layers)]
+    def __init__(self, n_layers: int, capacity: int) -> None:
+        self.layers = [LayerCache(capacity) for _ in range(n_layers)]
         self.length = 0
 
 
@@ -160,9 +169,9 @@ class Attention(nn.Module):
         q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kv :]
         causal = attn_mask is None
         if cache is not None:
-            if cache.keys is not None and T != 1:
+            if cache.length and T != 1:
                 raise ValueError(f"a cached attention step takes one position, got {T}")
-            causal = causal and cache.keys is None
+            causal = causal and not cache.length
             k, v = cache.extend(k, v)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=causal,
@@ -321,7 +330,7 @@ class LlamaStack(nn.Module):
 
     def new_cache(self) -> KVCache:
         """An empty cache for :meth:`step`."""
-        return KVCache(len(self.layers))
+        return KVCache(len(self.layers), self.n_ctx)
 
     def step(self, x: Tensor, cache: KVCache) -> Tensor:
         """The next position: embeddings ``[B, 1, d]`` → hidden ``[B, 1, d]``, attending to

@@ -153,6 +153,9 @@ class MoEFeedForward(nn.Module):
         #: sync; empty slots cost compute) rather than on exactly its tokens (one host sync
         #: per layer to learn the sizes). ``None``: slots on accelerators, exact sizes on CPU
         self.static_dispatch: bool | None = None
+        #: run every expert on every token (zero gates where unrouted): shapes independent of
+        #: the routing, at ``n_experts / k`` times the compute (:meth:`decouple_rows`)
+        self.dense_dispatch = False
 
     def extra_repr(self) -> str:
         return (f"d={self.d}, n_experts={self.n_experts}, k={self.k}, capacity_factor={self.capacity_factor}, "
@@ -167,9 +170,12 @@ class MoEFeedForward(nn.Module):
         return (self.n_experts - self.k) * self.expert_parameters()
 
     def decouple_rows(self) -> None:
-        """No capacity limit from now on: a token is never dropped because of the others, so
-        its output depends on it alone (a compressor's decoder needs that)."""
+        """From now on a token's output depends on it alone, to the last bit: no capacity
+        limit (no token is dropped because of others), and every expert runs on every token
+        with a zero gate where it is not routed (:attr:`dense_dispatch`), so no matmul's size
+        depends on the batch's routing. A compressor's decoder needs that."""
         self.capacity_factor = None
+        self.dense_dispatch = True
 
     def capacity(self, n_tokens: int) -> int | None:
         """Most assignments one expert takes from a batch of ``n_tokens`` (None: no limit)."""
@@ -214,6 +220,12 @@ class MoEFeedForward(nn.Module):
             expert = torch.where(kept, expert, E)  # dropped: sent to a sentinel "expert" E
         self.routing = Routing(top_i.detach(), probs.detach(), kept.view(k, N).t())
 
+        if self.dense_dispatch:
+            dense_gates = torch.zeros(N, E, dtype=gates.dtype, device=h.device).scatter_(1, top_i, gates)
+            out = torch.zeros_like(h)
+            for e in range(E):
+                out = out + self.experts[e](h) * dense_gates[:, e, None].to(h.dtype)
+            return out.view(shape)
         if cap is not None and (self.static_dispatch or (self.static_dispatch is None and h.device.type != "cpu")):
             return self._dispatch_to_slots(h, expert, token, gate, position, kept, cap).view(shape)
         order = torch.argsort(expert, stable=True)
