@@ -1,10 +1,12 @@
 """Classical compressors as baselines for bits per byte.
 
 A language model is a compressor: with arithmetic coding its BPB is (to within a few bits per
-file) the size of the compressed text. Setting a model's BPB beside ``gzip -9``, ``bzip2 -9``
-and ``xz -9`` on the same bytes shows how much structure it captures beyond repeated strings
-(gzip, LZ77 with a 32 KiB window), block-sorting context (bzip2) and long-range matches with
-context-modelled literals (xz, LZMA2).
+file) the size of the compressed text (``zoo.compress`` writes that file). Setting a model's
+BPB beside ``gzip -9``, ``bzip2 -9``, ``xz -9``, ``zstd -22`` and PPMd on the same bytes shows
+how much structure it captures beyond repeated strings (gzip, LZ77 with a 32 KiB window),
+block-sorting context (bzip2), long-range matches with context-modelled literals (xz, LZMA2;
+zstd at its strongest level) and an order-8 context-mixing model of bytes (PPMd var. H, the
+strongest classical text compressor here).
 
 Sizes include each format's own header and checksum, as the file the command-line tool
 writes would; for the megabytes of text that are compared here that overhead (tens of bytes)
@@ -17,6 +19,9 @@ import bz2
 import gzip
 import lzma
 from collections.abc import Callable, Iterable
+
+import pyppmd
+import zstandard
 
 from zoo.errors import ZooError, did_you_mean
 from zoo.schema import COMPRESSORS
@@ -39,6 +44,10 @@ _COMPRESS: dict[str, Callable[[bytes], bytes]] = {
     "bz2": lambda data: bz2.compress(data, compresslevel=9),
     # xz -9: LZMA2 preset 9 (64 MiB dictionary), .xz container, without the "extreme" flag.
     "xz": lambda data: lzma.compress(data, format=lzma.FORMAT_XZ, preset=9),
+    # zstd --ultra -22: its strongest level, frame with content size and no checksum.
+    "zstd": lambda data: zstandard.ZstdCompressor(level=22).compress(data),
+    # PPMd variant H (7-Zip's), order 8, 256 MiB model: raw stream, no container.
+    "ppmd": lambda data: pyppmd.compress(data, max_order=8, mem_size=256 << 20, variant="H"),
 }
 
 
@@ -55,7 +64,8 @@ def compressed_bits_per_byte(data: bytes, method: str) -> float:
 
     Args:
         data: the bytes to compress (for text, its UTF-8 encoding, the same bytes BPB counts).
-        method: one of :data:`COMPRESSORS` (``gzip``, ``bz2``, ``xz``), each at level 9.
+        method: one of :data:`COMPRESSORS` (``gzip``, ``bz2``, ``xz``, each at level 9;
+            ``zstd`` at 22; ``ppmd`` order 8).
 
     Raises:
         CompressionError (a ValueError): unknown ``method``, or empty ``data`` (a rate per

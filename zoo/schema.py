@@ -47,7 +47,7 @@ SCHEDULES = ("cosine", "linear", "constant")  # zoo.lit.language_model
 NONFINITE_ACTIONS = ("stop", "skip")  # zoo.callbacks
 LOSS_KINDS = ("ce", "entropy_l1", "entropy_clip")  # the built-in objectives of zoo.objectives
 SPLITS = ("train", "val", "test")  # zoo.data.sources
-COMPRESSORS = ("gzip", "bz2", "xz")  # zoo.compression
+COMPRESSORS = ("gzip", "bz2", "xz", "zstd", "ppmd")  # zoo.compression
 
 #: ``compile: auto`` compiles a run of at least this many optimizer steps: on the 2-core CPU
 #: the first compiled steps (training and evaluation graphs) cost about 45 s, repaid after

@@ -282,16 +282,15 @@ class ModelCodec:
         path = self.resolved_path()
         with torch.inference_mode(), self._bar("compress", len(ids)) as bar:
             for batch in batches(segments, self.rows):
-                inputs, labels, lengths_now = self._known_batch(ids, batch)
-                side, packed = self._side(inputs, labels, lengths_now)
+                lengths_now = np.array([s.length for s in batch])
+                side, packed = self._side(ids, batch)
                 side_parts.append(packed)
-                decoder = self._incremental(side, len(batch), path)
-                logits = None if decoder is not None else self.model.predict(inputs, side)
+                run = BatchRun(self, batch, [self._context(ids, s) for s in batch], side, path)
+                run.fill([ids[s.start : s.start + s.length - 1] for s in batch])
                 for t in range(int(lengths_now.max())):
-                    step = decoder.step(inputs[:, t]) if decoder is not None else logits[:, t]
                     active = (lengths_now > t).nonzero()[0]
-                    encoder.encode(labels[active, t].numpy().astype(np.int32), _family(),
-                                   _probabilities(step, active))
+                    labels = np.array([ids[batch[r].start + t] for r in active], dtype=np.int32)
+                    encoder.encode(labels, _family(), _probabilities(run.logits(t), active))
                 bar.update(int(lengths_now.sum()))
         side = b"".join(side_parts)
         header = self._header(data, ids, path, len(side), lengths)
@@ -328,25 +327,19 @@ class ModelCodec:
             for batch in plan:
                 B = len(batch)
                 lengths_now = np.array([s.length for s in batch])
-                inputs = torch.full((B, self.n_ctx), self.pad, dtype=torch.long)
-                inputs[:, 0] = torch.tensor([self._context(ids, s) for s in batch])
-                inputs = inputs.to(self.device)
                 side = None
                 if row_bytes:
                     side = self.side_format.unpack(box.side[offset : offset + B * row_bytes], int(self.model.d_c))
                     side = side.to(self.device)
                     offset += B * row_bytes
-                decoder = self._incremental(side, B, path)
+                run = BatchRun(self, batch, [self._context(ids, s) for s in batch], side, path)
                 for t in range(int(lengths_now.max())):
-                    step = decoder.step(inputs[:, t]) if decoder is not None else self.model.predict(inputs, side)[:, t]
                     active = (lengths_now > t).nonzero()[0]
-                    symbols = np.asarray(stream.decode(_family(), _probabilities(step, active)), dtype=np.int64)
+                    symbols = np.asarray(stream.decode(_family(), _probabilities(run.logits(t), active)), dtype=np.int64)
                     if (symbols < 0).any() or (symbols >= self.vocab_size).any():
                         raise CodecError(f"{where} does not decode with this model (a token out of range)")
                     ids[[batch[r].start + t for r in active]] = symbols
-                    if t + 1 < self.n_ctx:
-                        inputs[torch.as_tensor(active, device=self.device), t + 1] = torch.as_tensor(
-                            symbols, device=self.device)
+                    run.decoded(active, t, symbols)
                 bar.update(int(lengths_now.sum()))
         if lengths is None:
             data = self.bytes_tokens.decode(ids)
@@ -363,23 +356,25 @@ class ModelCodec:
         """A segment's first input: end-of-text for a fresh one, else the token before it."""
         return self.eot if segment.fresh else int(ids[segment.start - 1])
 
-    def _known_batch(self, ids: np.ndarray, batch: list[Segment]) -> tuple[Tensor, Tensor, np.ndarray]:
-        """Inputs ``[B, n_ctx]`` (on the device), labels ``[B, n_ctx]`` (CPU, pad past the end)
-        and lengths of a batch whose tokens are known (the encoder's)."""
-        B, T = len(batch), self.n_ctx
-        labels = torch.full((B, T), self.pad, dtype=torch.long)
-        for r, s in enumerate(batch):
-            labels[r, : s.length] = torch.from_numpy(ids[s.start : s.start + s.length])
-        inputs = torch.cat([torch.tensor([[self._context(ids, s)] for s in batch]), labels[:, :-1]], dim=1)
-        return inputs.to(self.device), labels, np.array([s.length for s in batch])
-
-    def _side(self, inputs: Tensor, labels: Tensor, lengths: np.ndarray) -> tuple[Tensor | None, bytes]:
-        """The batch's side information as the decoder will read it back, and its bytes."""
+    def _side(self, ids: np.ndarray, batch: list[Segment]) -> tuple[Tensor | None, bytes]:
+        """The batch's side information as the decoder will read it back, and its bytes. The
+        rows are laid out as the model was trained: left-padded for ``documents``."""
         if self.side_format is None:
             return None, b""
-        past_end = torch.arange(labels.shape[1])[None, :] >= torch.as_tensor(lengths)[:, None]
-        masked = labels.masked_fill(past_end, IGNORE_INDEX)
-        vector = self.model.side_information({"input_ids": inputs, "labels": masked.to(self.device)})
+        B, T = len(batch), self.n_ctx
+        left = self.segments == "documents"
+        inputs = torch.full((B, T), self.pad, dtype=torch.long)
+        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros(B, T, dtype=torch.long)
+        for r, seg in enumerate(batch):
+            o = T - seg.length if left else 0
+            tokens = torch.from_numpy(ids[seg.start : seg.start + seg.length])
+            labels[r, o : o + seg.length] = tokens
+            inputs[r, o] = self._context(ids, seg)
+            inputs[r, o + 1 : o + seg.length] = tokens[:-1]
+            mask[r, o : o + seg.length] = 1
+        vector = self.model.side_information({"input_ids": inputs.to(self.device), "labels": labels.to(self.device),
+                                              "attention_mask": mask.to(self.device)})
         packed = self.side_format.pack(vector)
         return self.side_format.unpack(packed, vector.shape[-1]).to(self.device), packed
 
@@ -395,6 +390,57 @@ class ModelCodec:
     def _bar(self, what: str, total: int) -> Any:
         return tqdm(total=total, desc=what, unit="tok", unit_scale=True, disable=not self.progress or None,
                     leave=False)
+
+
+class BatchRun:
+    """One batch of segments as both sides run it: where each row's tokens sit in the window,
+    and the next-token logits at step ``t``.
+
+    Rows are right-aligned (tokens from position 0) except on the window path with
+    ``documents`` segments, where they are left-padded as the model was trained (a mixer's
+    weights are position-specific; Llama stacks count positions from the first token, so the
+    cached path needs no padding). The encoder :meth:`fill` s every input at once and runs the
+    window once; the decoder adds each step's tokens with :meth:`decoded` and reruns it."""
+
+    def __init__(self, codec: ModelCodec, batch: list[Segment], contexts: list[int], side: Tensor | None,
+                 path: str) -> None:
+        B, T = len(batch), codec.n_ctx
+        self.codec, self.side, self.path = codec, side, path
+        lengths = np.array([s.length for s in batch])
+        left = path == "window" and codec.segments == "documents"
+        self.offsets = (T - lengths) if left else np.zeros(B, dtype=np.int64)
+        self.inputs = torch.full((B, T), codec.pad, dtype=torch.long)
+        self.inputs[torch.arange(B), torch.as_tensor(self.offsets)] = torch.tensor(contexts)
+        self.inputs = self.inputs.to(codec.device)
+        self.mask = None
+        if left:
+            self.mask = (torch.arange(T)[None, :] >= torch.as_tensor(self.offsets)[:, None]).long().to(codec.device)
+        self.decoder = codec._incremental(side, B, path)
+        self._window: Tensor | None = None
+
+    def fill(self, rest: list[np.ndarray]) -> None:
+        """The encoder's inputs after each row's context: its segment but the last token."""
+        for r, tokens in enumerate(rest):
+            o = int(self.offsets[r]) + 1
+            self.inputs[r, o : o + len(tokens)] = torch.as_tensor(tokens, device=self.inputs.device)
+        if self.decoder is None:
+            self._window = self.codec.model.predict(self.inputs, self.side, self.mask)
+
+    def logits(self, t: int) -> Tensor:
+        """Logits ``[B, V]`` predicting each row's token ``t``."""
+        if self.decoder is not None:
+            return self.decoder.step(self.inputs[:, t])
+        window = self._window if self._window is not None else self.codec.model.predict(self.inputs, self.side, self.mask)
+        rows = torch.arange(window.shape[0], device=window.device)
+        return window[rows, torch.as_tensor(self.offsets + t, device=window.device)]
+
+    def decoded(self, rows: np.ndarray, t: int, symbols: np.ndarray) -> None:
+        """The decoder learnt token ``t`` of ``rows``: it is their next input."""
+        where = self.offsets[rows] + t + 1
+        keep = where < self.inputs.shape[1]
+        if keep.any():
+            self.inputs[torch.as_tensor(rows[keep]), torch.as_tensor(where[keep])] = torch.as_tensor(
+                symbols[keep], device=self.inputs.device)
 
 
 def _lengths_model(max_tokens: int) -> Any:

@@ -143,10 +143,11 @@ class LanguageModel(nn.Module):
         :meth:`side_information` (``None``: the model has none)."""
         return None
 
-    def predict(self, input_ids: Tensor, side: Tensor | None = None) -> Tensor:
-        """Logits ``[B, T, V]`` of unpadded ``input_ids`` given ``side`` (from
+    def predict(self, input_ids: Tensor, side: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> Tensor:
+        """Logits ``[B, T, V]`` of ``input_ids`` given ``side`` (from
         :meth:`side_information`): what a decoder computes without the batch's labels."""
-        return self(input_ids)
+        return self(input_ids, attention_mask)
 
     def incremental_decoder(self, side: Tensor | None, batch_size: int) -> IncrementalDecoder | None:
         """A decoder for ``batch_size`` rows that takes one token at a time and keeps a cache

@@ -230,11 +230,12 @@ class EncoderAugmentedDecoder(LanguageModel):
     def side_format(self) -> Any:
         return self.vector_format
 
-    def predict(self, input_ids: Tensor, side: Tensor | None = None) -> Tensor:
+    def predict(self, input_ids: Tensor, side: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> Tensor:
         """The decoder's logits given the stored vector ``side`` (no encoder run)."""
         if side is None:
             raise ValueError("the EACD's decoder needs its vector (side information)")
-        return self.decode(input_ids, None, side)
+        return self.decode(input_ids, attention_mask, side)
 
     def incremental_decoder(self, side: Tensor | None, batch_size: int) -> Any:
         """Token-at-a-time decoding when the decoder is a Llama stack (a mixer: ``None``)."""
