@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from zoo.codec import Container, ModelCodec  # noqa: E402
-from zoo.compression import COMPRESSORS, compressed_bits_per_byte  # noqa: E402
+from zoo.compression import COMPRESSOR_LABELS, COMPRESSORS, compressed_bits_per_byte  # noqa: E402
 from zoo.data.tokenizer import EOT, token_bytes  # noqa: E402
 from zoo.evaluate import prepare  # noqa: E402
 from zoo.hub.card import read_card  # noqa: E402
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=64, help="segments per batch")
     ap.add_argument("--decode", default="cached", help="which files to decompress: all | cached | none")
     ap.add_argument("--out", default=str(OUT / "codec_zoo"), help="results path, without suffix")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models' rows of an existing results file, replacing these models' rows")
     args = ap.parse_args()
     names = list_models(pretrained=True) if args.models == "all" else args.models.split(",")
     rows = []
@@ -83,7 +85,11 @@ def main() -> None:
                    "card_bytes": ev["bytes"], "card_bpb": ev["bpb"], "compressed_bytes": len(blob),
                    "header_bytes": box.overhead_bytes, "side_bytes": len(box.side), "coded_bits": coded_bits,
                    "promised_bits": promised, "excess": coded_bits / promised - 1,
-                   "file_bpb": 8 * len(blob) / len(text), "encode_s": enc_s, "encode_kb_s": len(text) / 1e3 / enc_s}
+                   "file_bpb": 8 * len(blob) / len(text), "encode_s": enc_s, "encode_kb_s": len(text) / 1e3 / enc_s,
+                   **codec.last_stats}
+            # the coder against the model's own probabilities: exact -log2 p, and capped at 24 bits
+            row["coder_overhead"] = (coded_bits - row["side_bits"] - row["model_bits"]) / row["model_bits"]
+            row["cap_saving"] = 1 - row["capped_bits"] / row["model_bits"]
             if args.decode == "all" or (args.decode == "cached" and row["path"] == "cached"):
                 start = time.perf_counter()
                 back = codec.decompress(blob)
@@ -94,12 +100,20 @@ def main() -> None:
                 row[c] = compressed_bits_per_byte(text, c)
             rows.append(row)
             print(f"{name:22s} {data}/val {len(text):>9,} B -> {len(blob):>9,} B  {row['file_bpb']:.4f} bpb "
-                  f"(card {ev['bpb']:.4f}; coded/promised {row['excess']:+.3%})  xz {row['xz']:.4f}  "
+                  f"(card {ev['bpb']:.4f}; coded/promised {row['excess']:+.3%}; over-24-bit share "
+                  f"{row['cap_saving']:.3%})  xz {row['xz']:.4f}  "
                   f"ppmd {row['ppmd']:.4f}  enc {row['encode_kb_s']:.1f} KB/s"
                   + (f"  dec {row['decode_kb_s']:.1f} KB/s round trip {row['round_trip']}" if "decode_s" in row else ""),
                   flush=True)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
             "command": "python benchmarks/codec_zoo.py " + " ".join(sys.argv[1:]), "rows": args.rows}
+    old = Path(args.out + ".json")
+    if args.merge and old.is_file():
+        before = json.loads(old.read_text())
+        rows = sorted([r for r in before["rows"] if r["model"] not in names] + rows,
+                      key=lambda r: (r["model"], r["split"]))
+        meta["command"] = f"{before['meta']['command']}; then {meta['command']} ({meta['date']})"
+        meta["date"] = before["meta"]["date"]
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     Path(args.out + ".md").write_text(table(rows, meta))
     print(table(rows, meta))
@@ -107,13 +121,15 @@ def main() -> None:
 
 def table(rows: list[dict], meta: dict) -> str:
     lines = [f"`{meta['command']}` ({meta['date']})", "",
-             "| model | split | path | file bytes | zoo.compress bytes | bits/byte | card BPB | coded vs BPB×bytes | "
-             + " | ".join(f"{c}" for c in COMPRESSORS) + " | round trip |",
-             "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(COMPRESSORS) + "---|"]
+             "| model | split | path | file bytes | zoo.compress bytes | bits/byte | card BPB | coded vs BPB×bytes "
+             "| tokens over 24 bits: share of the model's bits | coded vs capped -log2 p | "
+             + " | ".join(COMPRESSOR_LABELS[c] for c in COMPRESSORS) + " | round trip |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(COMPRESSORS) + "---|"]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['split']} | {r['path']}/{r['segments']} | {r['file_bytes']:,} | {r['compressed_bytes']:,} "
-            f"| {r['file_bpb']:.3f} | {r['card_bpb']:.3f} | {r['excess']:+.2%} | "
+            f"| {r['file_bpb']:.3f} | {r['card_bpb']:.3f} | {r['excess']:+.2%} | {r['cap_saving']:.2%} "
+            f"| {(r['coded_bits'] - r['side_bits']) / r['capped_bits'] - 1:+.3%} | "
             + " | ".join(f"{r[c]:.3f}" for c in COMPRESSORS)
             + f" | {'yes' if r.get('round_trip') else ('FAILED' if 'round_trip' in r else 'not run')} |")
     return "\n".join(lines) + "\n"

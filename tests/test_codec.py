@@ -137,11 +137,13 @@ def test_eacd_file_stores_its_vector_in_its_format() -> None:
     assert sizes["int8"] < sizes["fp32"]
 
 
-def test_quantized_weights_round_trip_and_are_recorded() -> None:
-    blob = compress(LLAMA, PROSE, weights="bf16", rows=2, progress=False)
-    assert Container.from_bytes(blob).header["model"]["weights"] == "bf16"
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_quantized_weights_round_trip_and_are_recorded(weights) -> None:
+    """bf16 casts, int8 is bitsandbytes' real 8-bit Linear (on the CPU)."""
+    blob = compress(LLAMA, PROSE, weights=weights, rows=2, progress=False)
+    assert Container.from_bytes(blob).header["model"]["weights"] == weights
     assert decompress(LLAMA, blob, progress=False) == PROSE
-    with pytest.raises(CodecError, match="weights=bf16"):
+    with pytest.raises(CodecError, match=f"weights={weights}"):
         ModelCodec.from_pretrained(LLAMA, progress=False).decompress(blob)
 
 

@@ -51,6 +51,10 @@ _COMPRESS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
+#: how tables name each method (its command line)
+COMPRESSOR_LABELS = {"gzip": "gzip -9", "bz2": "bz2 -9", "xz": "xz -9", "zstd": "zstd -22", "ppmd": "PPMd -o8"}
+
+
 def _check_method(method: str) -> None:
     if method not in _COMPRESS:
         raise CompressionError(

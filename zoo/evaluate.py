@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from zoo.cli import choice, data_options, emit, json_target, key_values, number, run_command
-from zoo.compression import COMPRESSORS, compressed_bits_per_byte
+from zoo.compression import COMPRESSOR_LABELS, COMPRESSORS, compressed_bits_per_byte
 from zoo.data.cache import TokenizedSplit, default_cache_dir
 from zoo.data.datamodule import TextDataModule, scored_bytes
 from zoo.data.layouts import IGNORE_INDEX, LeftPaddedDataset, PackedDataset
@@ -350,7 +350,7 @@ def format_row(row: Mapping[str, Any]) -> str:
                  f"({row['bytes_per_token']:.2f} bytes/token)")
     for c in COMPRESSORS:
         if c in row:
-            lines.append(f"  {c + ' -9 (bits per byte)':34s} {row[c]:10.4f}")
+            lines.append(f"  {COMPRESSOR_LABELS[c] + ' (bits per byte)':34s} {row[c]:10.4f}")
     return "\n".join(lines)
 
 

@@ -10,8 +10,9 @@ encoder-augmented decoder), so segments are independent, and many of them run as
   it in its lane (as in ``zoo.evaluate``'s packed windows); the first segment of each lane
   starts from ``<|endoftext|>`` instead, so lanes need nothing from each other;
 * every next-token distribution goes to ``constriction``'s range coder as a categorical model
-  (``perfect=False``: quantised to fixed-point frequencies, every token at least one count),
-  one call per position for the whole batch; all of the file's symbols share one stream.
+  (``perfect=False``: quantised to 24-bit fixed-point frequencies, every token at least one
+  count, so no token costs more than about 24 bits), one call per position for the whole
+  batch; all of the file's symbols share one stream.
 
 Exactness: the decoder must see bit-identical probabilities. It runs THE SAME computation as the
 encoder: the same batches of the same shapes, in the same order, on the same kind of device,
@@ -54,6 +55,9 @@ from zoo.errors import ZooError
 PATHS = ("auto", "cached", "window")
 #: segments per batch unless told otherwise
 DEFAULT_ROWS = 64
+#: constriction's range coder works in 24-bit fixed point and gives every token at least one
+#: count, so no token costs more than about 24 bits, however unlikely the model finds it
+COST_CAP_BITS = 24.0
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -280,6 +284,7 @@ class ModelCodec:
             segments = window_segments(len(ids), self.n_ctx)
         side_parts: list[bytes] = []
         path = self.resolved_path()
+        model_bits = capped_bits = 0.0
         with torch.inference_mode(), self._bar("compress", len(ids)) as bar:
             for batch in batches(segments, self.rows):
                 lengths_now = np.array([s.length for s in batch])
@@ -290,10 +295,18 @@ class ModelCodec:
                 for t in range(int(lengths_now.max())):
                     active = (lengths_now > t).nonzero()[0]
                     labels = np.array([ids[batch[r].start + t] for r in active], dtype=np.int32)
-                    encoder.encode(labels, _family(), _probabilities(run.logits(t), active))
+                    probs = _probabilities(run.logits(t), active)
+                    encoder.encode(labels, _family(), probs)
+                    surprisal = -np.log2(np.maximum(probs[np.arange(len(active)), labels].astype(np.float64), 1e-300))
+                    model_bits += float(surprisal.sum())
+                    capped_bits += float(np.minimum(surprisal, COST_CAP_BITS).sum())
                 bar.update(int(lengths_now.sum()))
         side = b"".join(side_parts)
         header = self._header(data, ids, path, len(side), lengths)
+        #: what the last compress cost under the model itself (``-log2 p`` of every token, in
+        #: float) and with each token's cost capped at the coder's precision (module docstring)
+        self.last_stats = {"model_bits": model_bits, "capped_bits": capped_bits, "tokens": len(ids),
+                           "side_bits": 8 * len(side)}
         return Container(header, side, encoder.get_compressed()).to_bytes()
 
     def decompress(self, blob: bytes, where: str = "input") -> bytes:
@@ -432,7 +445,8 @@ class BatchRun:
             return self.decoder.step(self.inputs[:, t])
         window = self._window if self._window is not None else self.codec.model.predict(self.inputs, self.side, self.mask)
         rows = torch.arange(window.shape[0], device=window.device)
-        return window[rows, torch.as_tensor(self.offsets + t, device=window.device)]
+        where = np.minimum(self.offsets + t, window.shape[1] - 1)  # rows already done: any position
+        return window[rows, torch.as_tensor(where, device=window.device)]
 
     def decoded(self, rows: np.ndarray, t: int, symbols: np.ndarray) -> None:
         """The decoder learnt token ``t`` of ``rows``: it is their next input."""
