@@ -108,9 +108,14 @@ def test_round_trip_prose_in_many_segments_and_lanes(llama) -> None:
     assert llama.decompress(blob) == data
 
 
-@pytest.mark.parametrize("name,path", [("mixer-edu", "window"), ("eacd-mixer-edu", "window"),
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name,path", [pytest.param("mixer-edu", "window", marks=SLOW),
+                                       pytest.param("eacd-mixer-edu", "window", marks=SLOW),
                                        ("eacd-transformer-edu", "cached"), ("moe-edu", "cached"),
-                                       ("moe-edu", "window"), ("llama-edu", "window")])
+                                       pytest.param("moe-edu", "window", marks=SLOW),
+                                       pytest.param("llama-edu", "window", marks=SLOW)])
 def test_every_family_round_trips(name, path) -> None:
     """Both numeric paths decode exactly; the window path relies on causality making a
     position's logits bit-identical whatever the later positions hold."""
@@ -147,6 +152,7 @@ def test_quantized_weights_round_trip_and_are_recorded(weights) -> None:
         ModelCodec.from_pretrained(LLAMA, progress=False).decompress(blob)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama-edu", "eacd-transformer-edu"])
 def test_file_size_is_the_evaluated_bits_per_byte(name, cache_dir) -> None:
     """The file holds what zoo.evaluate's BPB promises, within 0.5% plus the fixed header:
@@ -260,3 +266,24 @@ def test_help() -> None:
     for cmd in ("zoo.compress", "zoo.decompress"):
         r = _cli(cmd, "--help", cwd=ROOT)
         assert r.returncode == 0 and "MODEL IN OUT" in r.stdout
+
+
+@pytest.mark.slow
+def test_a_training_checkpoint_and_its_exported_folder_code_the_same(tmp_path, cache_dir) -> None:
+    """MODEL may be a .ckpt from zoo.fit: its weights' identity is the exported folder's, so
+    a file written with one decodes with the other."""
+    from zoo.recipes import compose
+    from zoo.training import train
+
+    cfg = compose("quickstart", [
+        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.n_ctx=32", "data.batch_size=4",
+        "data.tokenizer.vocab_size=300", "data.tokenizer.train_bytes=200000", "trainer.max_steps=2",
+        "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+        "optim.warmup_steps=1", "logger=none"])
+    run = tmp_path / "run"
+    train(cfg, run)
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    data = ODD_INPUTS["invalid utf-8"] + PROSE
+    blob = compress(ckpt, data, rows=2, progress=False)
+    assert decompress(run / "model", blob, progress=False) == data
+    assert decompress(ckpt, blob, progress=False) == data

@@ -210,7 +210,7 @@ class ModelCodec:
             return self.path
         side = None
         if self.side_format is not None:
-            side = torch.zeros(1, int(self.model.d_c), device=self.device)
+            side = torch.zeros(1, int(self.model.side_numbers), device=self.device)
         with torch.inference_mode():
             return "cached" if self.model.incremental_decoder(side, 1) is not None else "window"
 
@@ -233,7 +233,7 @@ class ModelCodec:
         return header
 
     def _side_row_bytes(self) -> int:
-        return self.side_format.bytes_per_vector(int(self.model.d_c)) if self.side_format else 0
+        return self.side_format.bytes_per_vector(int(self.model.side_numbers)) if self.side_format else 0
 
     def check(self, header: dict[str, Any], where: str = "input") -> None:
         """Refuse (one :class:`CodecError` line) a file this codec would decode wrongly."""
@@ -342,7 +342,7 @@ class ModelCodec:
                 lengths_now = np.array([s.length for s in batch])
                 side = None
                 if row_bytes:
-                    side = self.side_format.unpack(box.side[offset : offset + B * row_bytes], int(self.model.d_c))
+                    side = self.side_format.unpack(box.side[offset : offset + B * row_bytes], int(self.model.side_numbers))
                     side = side.to(self.device)
                     offset += B * row_bytes
                 run = BatchRun(self, batch, [self._context(ids, s) for s in batch], side, path)

@@ -114,6 +114,8 @@ class LanguageModel(nn.Module):
     block_classes: tuple[type[nn.Module], ...] = ()
     #: bits of side information the model receives for free per sequence (an honest rate adds them)
     side_bits_per_sequence: float = 0.0
+    #: numbers of side information per sequence (:meth:`side_information`'s width; 0: none)
+    side_numbers: int = 0
     #: tokens per sample the model was built for
     n_ctx: int
 

@@ -134,6 +134,7 @@ class EncoderAugmentedDecoder(LanguageModel):
             raise ValueError(f"noise_at must be one of {', '.join(NOISE_PLACES)}; got {noise_at!r}")
         self.n_ctx, self.injection, self.pad_id = n_ctx, injection, pad_id
         self.d_c = d_enc // compression
+        self.side_numbers = self.d_c
         self.vector_bits = vector_bits
         self.set_vector_format(vector_format)
         self.noise_at = noise_at
