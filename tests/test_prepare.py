@@ -185,6 +185,7 @@ def test_large_unprepared_corpus_is_refused_inside_a_multi_process_job(corpus, t
     prepare.inline_guard(source, tok, tmp_path, 2, "CMD")  # one process: no barrier to time out
 
 
+@pytest.mark.slow  # six fresh interpreters (about 45 s); the same checks run in-process elsewhere
 def test_prepare_command_errors_are_one_line(tmp_path) -> None:
     for args, message in [
         (["prepare", "data=nope"], "unknown data option 'nope'"),

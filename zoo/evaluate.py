@@ -13,6 +13,8 @@ Options (all ``key=value``):
   data.KEY=VALUE     override a data option (e.g. data.eval_batch_size=8)
   max_batches=N      score only the first N batches
   json=PATH          also write the results as JSON (json=- prints JSON instead of the table)
+  compressors=LIST   classical baselines on the same text, comma-separated (default gzip,bz2,xz;
+                     also zstd (-22) and ppmd (PPMd order 8), which take seconds per MB)
   accelerator=auto   cpu | gpu | auto (quantize= defaults to cpu: the models are quantised there)
   quantize=MODES     score once per storage mode and print one table: size in bytes, BPB and
                      its change from fp32. MODES: all, or a comma-separated list of
@@ -61,8 +63,9 @@ from zoo.quantize import (
     stored_bytes,
     weight_bytes_per_float,
 )
+from zoo.schema import DEFAULT_COMPRESSORS
 
-OPTIONS = ("checkpoint", "text", "split", "data", "max_batches", "json", "accelerator", "quantize")
+OPTIONS = ("checkpoint", "text", "split", "data", "max_batches", "json", "accelerator", "quantize", "compressors")
 #: what accelerator= takes (Lightning's names)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
@@ -243,7 +246,7 @@ def _counted(loader: Any, max_batches: int | None) -> dict[str, Any]:
 
 def evaluate_text(
     checkpoint: str | Path, text: str | Sequence[str], max_batches: int | None = None,
-    accelerator: str = "auto", compressors: Sequence[str] = COMPRESSORS,
+    accelerator: str = "auto", compressors: Sequence[str] = DEFAULT_COMPRESSORS,
 ) -> dict[str, Any]:
     """Score EVERY document of the files ``text`` names (no split) with the model's own
     tokenizer: the metrics of :func:`evaluate`, plus the compressors on the same bytes."""
@@ -271,7 +274,7 @@ def evaluate(
     data: Mapping[str, Any] | None = None,
     max_batches: int | None = None,
     accelerator: str = "auto",
-    compressors: Sequence[str] = COMPRESSORS,
+    compressors: Sequence[str] = DEFAULT_COMPRESSORS,
     *,
     group: str | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -365,6 +368,12 @@ def _main(argv: list[str]) -> None:
     max_batches = number(args, "max_batches", None, minimum=1)
     accelerator = choice(args, "accelerator", "cpu" if "quantize" in raw else "auto", ACCELERATORS)
     target = json_target(raw)
+    compressors = DEFAULT_COMPRESSORS
+    if "compressors" in raw:
+        compressors = tuple(c.strip() for c in raw["compressors"].split(",") if c.strip())
+        bad = [c for c in compressors if c not in COMPRESSORS]
+        if bad or not compressors:
+            raise unknown("compressor", bad[0] if bad else "", COMPRESSORS)
     if "text" in raw:
         clash = next((k for k in ("split", "data", "quantize") if k in args or k in raw), None)
         if clash:
@@ -374,7 +383,7 @@ def _main(argv: list[str]) -> None:
             build_source({"name": "files", "paths": raw["text"]})
         except ZooError as e:
             raise ZooError(f"text={raw['text']}: {e}") from None
-        result: Any = evaluate_text(raw["checkpoint"], raw["text"], max_batches, accelerator)
+        result: Any = evaluate_text(raw["checkpoint"], raw["text"], max_batches, accelerator, compressors)
         emit(result, format_row(result), target)
         return
     common = dict(split=str(args.get("split", "val")), group=group, overrides=args.get("data"),
@@ -383,7 +392,7 @@ def _main(argv: list[str]) -> None:
         result = evaluate_quantized(raw["checkpoint"], raw["quantize"], **common)
         text = f"{raw['checkpoint']} on {'+'.join(result[0]['sources'])}/{result[0]['split']}\n" + modes_table(result)
     else:
-        result = evaluate(raw["checkpoint"], **common)
+        result = evaluate(raw["checkpoint"], compressors=compressors, **common)
         text = format_row(result)
     emit(result, text, target)
 

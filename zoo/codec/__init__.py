@@ -18,10 +18,10 @@ from zoo.codec.codec import (
     Segment,
     batches,
     document_segments,
-    weights_sha256,
     window_segments,
 )
 from zoo.codec.container import CodecError, Container
+from zoo.codec.loading import weights_sha256
 
 __all__ = ["DEFAULT_ROWS", "PATHS", "SEGMENTATIONS", "CodecError", "Container", "ModelCodec", "Segment",
            "batches", "compress", "decompress", "document_segments", "weights_sha256", "window_segments"]

@@ -33,7 +33,6 @@ experts' capacity limit) is switched off first (:meth:`zoo.models.LanguageModel.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from zoo.codec.container import CodecError, Container
+from zoo.codec.loading import load_for_coding, weights_sha256
 from zoo.codec.tokens import TokenBytes
 from zoo.data.layouts import IGNORE_INDEX
 from zoo.data.tokenizer import EOT, PAD, tokenizer_fingerprint
@@ -58,17 +58,6 @@ DEFAULT_ROWS = 64
 #: constriction's range coder works in 24-bit fixed point and gives every token at least one
 #: count, so no token costs more than about 24 bits, however unlikely the model finds it
 COST_CAP_BITS = 24.0
-
-
-def weights_sha256(model: nn.Module) -> str:
-    """sha256 of a model's weights as loaded (names, dtypes, shapes and values, in name order):
-    the identity a compressed file records of the model that wrote it."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def numeric_environment(device: torch.device) -> dict[str, Any]:
@@ -196,8 +185,6 @@ class ModelCodec:
         ``int8``, ``nf4``, ``fp4``) applied to the weights first; ``vector_format``: the format
         an EACD's vector is stored in (default: the model's own); ``segments``: default
         ``documents`` for a model trained on a left-padded layout, else ``windows``."""
-        from zoo.codec.loading import load_for_coding
-
         model, tokenizer, n_ctx, sha, layout = load_for_coding(name_or_path, weights, vector_format)
         if segments is None:
             segments = "documents" if layout == "left_padded" else "windows"

@@ -3,13 +3,26 @@ Lightning ``.ckpt``, with its weights in a storage mode and the EACD's vector in
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from zoo.codec.container import CodecError
 from zoo.errors import ZooError
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of a model's weights as loaded (names, dtypes, shapes and values, in name order):
+    the identity a compressed file records of the model that wrote it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def load_for_coding(name_or_path: str | Path, weights: str = "fp32",
@@ -19,7 +32,6 @@ def load_for_coding(name_or_path: str | Path, weights: str = "fp32",
     ``weights`` (:mod:`zoo.quantize`: ``fp32``, ``bf16``, ``fp16``, ``int8``, ``nf4``,
     ``fp4``) is applied after the identity is taken, so one model has one identity whatever
     mode a file records beside it. ``vector_format`` sets an EACD's vector format."""
-    from zoo.codec.codec import weights_sha256
     from zoo.evaluate import load_named_task
     from zoo.hub.registry import resolve
     from zoo.quantize import WEIGHT_FORMATS, quantize_weights
