@@ -112,7 +112,12 @@ BAD = {
 SPECS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "evaluate": ("zoo.evaluate", ["checkpoint={published}/llama-edu", "max_batches=1"], {
         "checkpoint": "model", "split": "choice", "data": "data", "max_batches": "count", "json": "json",
-        "accelerator": "choice", "quantize": "choice", "text": "text"}),
+        "accelerator": "choice", "quantize": "choice", "text": "text", "compressors": "choice"}),
+    "compress": ("zoo.compress", ["{published}/llama-edu", "{file}", "{tmp}/out.zoo"], {
+        "rows": "count", "path": "choice", "segments": "choice", "weights": "choice", "vector_format": "choice",
+        "device": "choice", "overwrite": "bool", "json": "json"}),
+    "decompress": ("zoo.decompress", ["{published}/llama-edu", "{file}", "{tmp}/out.bin"], {
+        "device": "choice", "overwrite": "bool", "json": "json"}),
     "generate": ("zoo.generate", ["llama-edu", "max_new_tokens=2"], {
         "prompt": "free", "max_new_tokens": "count", "temperature": "number0", "top_k": "count0", "seed": "count0",
         "n": "count"}),

@@ -135,7 +135,7 @@ def uninterrupted_stream(workers: int, tmp_path_factory) -> dict[str, torch.Tens
     return _UNINTERRUPTED[workers]
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_killed_streaming_run_resumes_to_identical_weights(workers, tmp_path_factory, tmp_path, cache_dir) -> None:
     expected = uninterrupted_stream(workers, tmp_path_factory)
     extra = [*TINY_STREAM, f"data.num_workers={workers}"]

@@ -28,7 +28,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from zoo.cli import run_command
-from zoo.codec.command import run_compress
+from zoo.codec.command import COMPRESS_OPTIONS, run_compress
+
+#: the key=value options (MODEL IN OUT come first)
+OPTIONS = COMPRESS_OPTIONS
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from zoo.cli import run_command
-from zoo.codec.command import run_decompress
+from zoo.codec.command import DECOMPRESS_OPTIONS, run_decompress
+
+#: the key=value options (MODEL IN OUT come first)
+OPTIONS = DECOMPRESS_OPTIONS
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -373,7 +373,7 @@ def _main(argv: list[str]) -> None:
         compressors = tuple(c.strip() for c in raw["compressors"].split(",") if c.strip())
         bad = [c for c in compressors if c not in COMPRESSORS]
         if bad or not compressors:
-            raise unknown("compressor", bad[0] if bad else "", COMPRESSORS)
+            raise ZooError(f"compressors must be a comma-separated list of {', '.join(COMPRESSORS)}; got {raw['compressors']!r}")
     if "text" in raw:
         clash = next((k for k in ("split", "data", "quantize") if k in args or k in raw), None)
         if clash:

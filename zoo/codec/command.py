@@ -11,10 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from zoo.cli import choice, emit, flag, json_target, key_values, number
 from zoo.codec.codec import DEFAULT_ROWS, PATHS, SEGMENTATIONS, ModelCodec
 from zoo.codec.container import CodecError, Container
 from zoo.errors import ZooError
+from zoo.models.vector_formats import VECTOR_FORMATS
+from zoo.quantize import WEIGHT_FORMATS
 
 COMPRESS_OPTIONS = ("rows", "path", "segments", "weights", "vector_format", "device", "overwrite", "json")
 DECOMPRESS_OPTIONS = ("device", "overwrite", "json")
@@ -46,6 +50,16 @@ def check_files(src: str, dst: str, overwrite: bool) -> tuple[Path, Path]:
     if not os.access(d.parent, os.W_OK):
         raise ZooError(f"the folder {d.parent} is not writable")
     return s, d
+
+
+def device_option(args: dict[str, str]) -> str:
+    """``device=`` (default ``cpu``) as torch reads it: ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+    value = args.get("device", "cpu")
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ZooError(f"device must be a torch device such as cpu, cuda, cuda:1 or mps; got {value!r}") from None
+    return value
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -80,12 +94,15 @@ def run_compress(argv: list[str]) -> None:
     rows = number(args, "rows", DEFAULT_ROWS, minimum=1)
     path = choice(args, "path", "auto", PATHS)
     segments = choice(args, "segments", "auto", ("auto", *SEGMENTATIONS))
+    weights = choice(args, "weights", "fp32", WEIGHT_FORMATS)
+    vector_format = choice(args, "vector_format", "fp32", tuple(VECTOR_FORMATS)) if "vector_format" in args else None
+    device = device_option(args)
     overwrite = flag(args, "overwrite")
     target = json_target(args)
     s, d = check_files(src, dst, overwrite)
-    codec = ModelCodec.from_pretrained(model, rows=rows, path=path, weights=args.get("weights", "fp32"),
+    codec = ModelCodec.from_pretrained(model, rows=rows, path=path, weights=weights,
                                        segments=None if segments == "auto" else segments,
-                                       vector_format=args.get("vector_format"), device=args.get("device", "cpu"))
+                                       vector_format=vector_format, device=device)
     data = s.read_bytes()
     start = time.perf_counter()
     blob = codec.compress(data)
@@ -96,6 +113,7 @@ def run_compress(argv: list[str]) -> None:
 
 def run_decompress(argv: list[str]) -> None:
     (model, src, dst), args = split_arguments(argv, DECOMPRESS_OPTIONS)
+    device = device_option(args)
     overwrite = flag(args, "overwrite")
     target = json_target(args)
     s, d = check_files(src, dst, overwrite)
@@ -104,7 +122,7 @@ def run_decompress(argv: list[str]) -> None:
     side = header.get("side") or {}
     try:
         codec = ModelCodec.from_pretrained(model, weights=header["model"]["weights"],
-                                           vector_format=side.get("format"), device=args.get("device", "cpu"))
+                                           vector_format=side.get("format"), device=device)
     except CodecError as e:
         raise CodecError(f"{src}: {e}") from None
     start = time.perf_counter()
