@@ -34,7 +34,9 @@ default that fits a plain causal LM; a family overrides only what differs:
   one (export to a plain ``transformers`` folder, generation with its KV cache);
 * :meth:`LanguageModel.forward_flops_per_token` — the FLOP count behind MFU;
 * :meth:`LanguageModel.auxiliary_loss` — extra training losses its layers produce (e.g. the
-  load-balancing loss of mixture-of-experts layers, :class:`AuxiliaryLossLayer`).
+  load-balancing loss of mixture-of-experts layers, :class:`AuxiliaryLossLayer`);
+* :meth:`LanguageModel.hidden_layers` — the named modules whose outputs are its hidden states,
+  in the order data flows through them (``zoo.geometry`` hooks them: entropy per layer).
 
 What the compressor (``zoo.codec``) asks, with defaults for a plain causal LM:
 
@@ -184,6 +186,23 @@ class LanguageModel(nn.Module):
     def auxiliary_loss(self) -> Tensor | None:
         """The sum of the auxiliary losses its layers left in the last forward (``None``: none)."""
         return auxiliary_loss(self)
+
+    def hidden_layers(self) -> list[tuple[str, nn.Module]]:
+        """``(name, module)`` of every module whose output is one of the model's hidden states
+        (``[..., d]``), in the order the data flows through them: by default each token
+        embedding (:class:`torch.nn.Embedding`) and each repeated block (:attr:`block_classes`),
+        in registration order, none inside another. ``zoo.geometry`` hooks them to read the
+        representation after the embedding (layer 0) and after each block, with no family code.
+        Override to add states the default misses (the EACD's vector)."""
+        blocks = tuple(self.block_classes)
+        found: list[tuple[str, nn.Module]] = []
+        for name, module in self.named_modules():
+            if not (isinstance(module, nn.Embedding) or (blocks and isinstance(module, blocks))):
+                continue
+            if any(name.startswith(f"{outer}.") for outer, _ in found):
+                continue  # a LoRA-wrapped embedding's base layer, an embedding inside a block
+            found.append((name, module))
+        return found
 
 
 def pads_before_tokens(mask: Tensor) -> bool:

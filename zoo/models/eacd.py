@@ -223,6 +223,13 @@ class EncoderAugmentedDecoder(LanguageModel):
         fwd += 2 * (matmul_weights(self.down) + (matmul_weights(self.up) if hasattr(self, "up") else 0)) / n_ctx
         return fwd
 
+    def hidden_layers(self) -> list[tuple[str, nn.Module]]:
+        """The encoder's embedding and blocks, the vector (``down``: one row per sequence),
+        then the decoder's embedding and blocks."""
+        layers = super().hidden_layers()
+        n_encoder = 1 + sum(name.startswith("encoder.") for name, _ in layers)
+        return [*layers[:n_encoder], ("down", self.down), *layers[n_encoder:]]
+
     # ------------------------------------------------------------------ compression (zoo.codec)
     def side_information(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The stored vector ``[B, d_c]`` of each row (its encoder reads the row's labels)."""

@@ -179,6 +179,19 @@ class Attention(nn.Module):
         )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, h * hd))
 
+    def attention_probs(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """The attention weights ``[B, n_heads, T, T]`` (rows sum to 1) :meth:`forward` applies
+        to ``x`` with the same arguments: which positions each one reads (``zoo.geometry``
+        compares them with a Lasso's choice of tokens). Written out, since SDPA returns none."""
+        B, T, _ = x.shape
+        h, kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv_proj(x).view(B, T, h + 2 * kv, hd).transpose(1, 2)
+        qk = rotate(qkv[:, : h + kv], cos, sin)
+        q, k = qk[:, :h], qk[:, h:].repeat_interleave(h // kv, dim=1)
+        scores = q @ k.transpose(-1, -2) / hd**0.5
+        allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if attn_mask is None else attn_mask
+        return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+
 
 class SwiGLU(nn.Module):
     """Llama's feed-forward layer, ``down(silu(gate(x)) · up(x))``, with gate and up fused."""
