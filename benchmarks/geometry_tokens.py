@@ -7,8 +7,8 @@ target, :func:`zoo.geometry.information_gain.token_experiment` gives
 * the ridge R² of the last token's representation regressed on the context tokens'
   (features: the context tokens; samples: the d coordinates), in sample and 5-fold
   cross-validated over the coordinates, at every hidden layer;
-* for each ``k`` of ``--ks``: the rise of the next-token loss (nats) when the ``k`` tokens a
-  Lasso fit of the last block's representation weights most are deleted from the context,
+* for each ``k`` of ``--ks``: the rise of the next-token loss (nats) when the first ``k``
+  tokens to enter the Lasso path of the last block's representation are deleted from the context,
   against the ``k`` the last attention layer's last position attends to most (mean over
   heads), and ``k`` random tokens (mean of 8 draws); how often Lasso's rise beats attention's,
   and how much the two choices overlap.
@@ -43,7 +43,6 @@ def main() -> None:
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--ks", default="1,3,10")
     p.add_argument("--ridge-alpha", type=float, default=1.0)
-    p.add_argument("--lasso-alpha", type=float, default=0.01)
     args = p.parse_args()
 
     import torch
@@ -68,8 +67,7 @@ def main() -> None:
         context, target = ids[: args.context], int(labels[args.context - 1])
         if target < 0:
             continue
-        r = token_experiment(model, context, target, ks, ridge_alpha=args.ridge_alpha,
-                             lasso_alpha=args.lasso_alpha, seed=i)
+        r = token_experiment(model, context, target, ks, ridge_alpha=args.ridge_alpha, seed=i)
         rows.append({"sequence": i, "target": target, **r})
     seconds = time.time() - t0
 
@@ -85,7 +83,8 @@ def main() -> None:
         deletion[k]["overlap"] = mean_se([g["overlap"] for g in got])
     lines = [f"{args.model} on {len(rows)} seeded random edu val windows, context {args.context} tokens "
              f"(d = {rows[0]['dim']}), target: the next token. "
-             f"Ridge alpha {args.ridge_alpha}, Lasso alpha {args.lasso_alpha} (scikit-learn), "
+             f"Ridge alpha {args.ridge_alpha}, Lasso: the first k tokens on its path (scikit-learn); "
+             "representations unit-normalised; "
              f"{seconds:.0f} s on 1 thread. Mean ± standard error over the windows.", "",
              "Ridge R² of the last token's representation on the context tokens' (features: tokens; samples: "
              "coordinates):", "", "| layer | R² in sample | R² 5-fold CV over coordinates |", "|---|---:|---:|"]

@@ -134,6 +134,9 @@ SPECS: dict[str, tuple[str, list[str], dict[str, str]]] = {
                                                   "max_documents=2"], {
         "checkpoint": "model", "out": "out_dir", "split": "choice", "data": "data", "max_documents": "count",
         "batch_size": "count", "accelerator": "choice", "json": "json"}),
+    "geometry entropy": ("zoo.geometry.__main__", ["entropy", "checkpoint={published}/llama-edu", "tokens=64"], {
+        "checkpoint": "model", "data": "data", "split": "choice", "tokens": "count", "alpha": "number0",
+        "matrix": "choice", "json": "json", "out": "out_dir"}),
 }
 
 

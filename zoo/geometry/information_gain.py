@@ -8,8 +8,8 @@ For one sequence of ``T`` tokens, a hidden layer gives representations ``h_1 .. 
 * **ridge** (:func:`ridge_last_token`): R² of that fit (in sample, and cross-validated over
   the coordinates), i.e. how much of the last token's representation the context already
   spans; the rest is what the new token adds (its information gain, in the linear picture);
-* **Lasso** (:func:`lasso_tokens`): the sparse fit picks a few context tokens (the largest
-  ``|w_t|``); :func:`attention_tokens` picks the ``k`` the last position attends to most
+* **Lasso** (:func:`lasso_tokens`): the sparse fit picks a few context tokens (the first
+  ``k`` to enter its regularisation path); :func:`attention_tokens` picks the ``k`` the last position attends to most
   (the last attention layer, mean over heads), and :func:`deletion_loss` says how much the
   next-token loss rises when the picked tokens are deleted from the context (against ``k``
   random ones): the larger the rise, the more the picked tokens carried.
@@ -52,8 +52,11 @@ def next_token_loss(model: nn.Module, context: Tensor, target: int) -> float:
 
 
 def _design(states: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``[d, T-1]`` (a column per context token) and target ``[d]`` (the last token)."""
-    h = states.double().numpy()
+    """Features ``[d, T-1]`` (a column per context token) and target ``[d]`` (the last token),
+    every representation scaled to unit L2 norm (as for the matrix entropy), so that a large
+    coefficient means a large share of the fit, not a small token vector."""
+    h = states.double()
+    h = (h / h.norm(dim=-1, keepdim=True).clamp(min=1e-12)).numpy()
     return h[:-1].T, h[-1]
 
 
@@ -70,14 +73,20 @@ def ridge_last_token(states: Tensor, alpha: float = 1.0, folds: int = 5, seed: i
     return {"r2": float(fit.score(x, y)), "r2_cv": float(np.mean(cv))}
 
 
-def lasso_tokens(states: Tensor, k: int, alpha: float = 0.01) -> list[int]:
-    """The ``k`` context positions with the largest ``|w_t|`` in a Lasso fit of the last
-    token's representation on the context's (ties and zeros broken by position)."""
-    from sklearn.linear_model import Lasso
+def lasso_tokens(states: Tensor, k: int) -> list[int]:
+    """The ``k`` context positions a Lasso of the last token's representation on the
+    context's selects first: along the regularisation path (``sklearn.linear_model.lasso_path``,
+    from the penalty that keeps every weight 0 down), the order in which tokens get a non-zero
+    weight (ties: the larger ``|w_t|`` at the end of the path, then the position). No penalty
+    to tune, and always ``k`` tokens."""
+    from sklearn.linear_model import lasso_path
 
     x, y = _design(states)
-    coef = Lasso(alpha=alpha, max_iter=20_000).fit(x, y).coef_
-    return [int(i) for i in np.argsort(-np.abs(coef), kind="stable")[:k]]
+    _alphas, coefs, _gaps = lasso_path(x, y, alphas=200, eps=1e-4, max_iter=5_000)
+    active = np.abs(coefs) > 0  # [T - 1, n_alphas], alphas decreasing
+    entry = np.where(active.any(1), active.argmax(1), coefs.shape[1])
+    order = np.lexsort((np.arange(len(entry)), -np.abs(coefs[:, -1]), entry))
+    return [int(i) for i in order[:k]]
 
 
 def attention_tokens(model: nn.Module, ids: Tensor, k: int) -> list[int]:
@@ -112,8 +121,7 @@ def deletion_loss(model: nn.Module, ids: Tensor, target: int, positions: Sequenc
 
 
 def token_experiment(model: nn.Module, ids: Tensor, target: int, ks: Sequence[int] = (1, 3, 10),
-                     layer: str | None = None, ridge_alpha: float = 1.0, lasso_alpha: float = 0.01,
-                     random_draws: int = 8, seed: int = 0) -> dict[str, Any]:
+                     layer: str | None = None, ridge_alpha: float = 1.0, random_draws: int = 8, seed: int = 0) -> dict[str, Any]:
     """Everything above for one context ``ids`` ``[T]`` and its next token ``target``: ridge
     R² of every layer, then, at ``layer`` (default: the last) and for each ``k`` of ``ks``,
     the loss rise from deleting the Lasso's ``k`` tokens, the attention's ``k`` tokens and
@@ -126,7 +134,7 @@ def token_experiment(model: nn.Module, ids: Tensor, target: int, ks: Sequence[in
     rng = np.random.default_rng(seed)
     deletion = {}
     for k in ks:
-        lasso = lasso_tokens(states[layer], k, lasso_alpha)
+        lasso = lasso_tokens(states[layer], k)
         attention = attention_tokens(model, ids, k)
         draws = [deletion_loss(model, ids, target, rng.choice(ids.shape[0] - 1, k, replace=False).tolist())
                  for _ in range(random_draws)]
