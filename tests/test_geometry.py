@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 from zoo.geometry.hidden_states import collect_hidden_states, language_model
-from zoo.geometry.matrix_entropy import density_spectrum, effective_rank, matrix_entropy, renyi_entropy
+from zoo.geometry.matrix_entropy import (
+    density_spectrum,
+    effective_rank,
+    matrix_entropy,
+    renyi_entropy,
+)
 from zoo.models import family_class
 
 ALPHAS = (0.0, 0.5, 1.0, 2.0, math.inf)
