@@ -42,7 +42,8 @@ MIN_VOCAB_SIZE = 258
 
 # allowed names: defined here once; the modules that use them import them from here
 LAYOUTS = ("packed", "left_padded")  # zoo.data.layouts
-OPTIMIZERS = ("adamw", "adamw8bit")  # zoo.lit.language_model
+OPTIMIZERS = ("adamw", "adamw8bit", "sgld", "psgld")  # zoo.lit.language_model (sgld, psgld: zoo.optim_sgld)
+SWA_ANNEALING = ("cos", "linear")  # lightning StochasticWeightAveraging
 SCHEDULES = ("cosine", "linear", "constant")  # zoo.lit.language_model
 NONFINITE_ACTIONS = ("stop", "skip")  # zoo.callbacks
 LOSS_KINDS = ("ce", "entropy_l1", "entropy_clip")  # the built-in objectives of zoo.objectives
@@ -115,6 +116,20 @@ class OptimOptions:
     schedule: str = option("cosine", choices=SCHEDULES)
     min_lr_ratio: float = option(0.1, ge=0, le=1)
     fused: bool = option(False)
+    # sgld / psgld: the Langevin temperature T (noise sqrt(2 lr T) N(0, I) per step; 0: plain SGD / RMSprop)
+    temperature: float = option(1.0e-6, ge=0)
+
+
+@dataclass
+class SWAOptions:
+    """``swa:``: Lightning's ``StochasticWeightAveraging`` (``zoo.training.swa_callbacks``)."""
+
+    enabled: bool = option(False)
+    lr: float | None = option(None, gt=0)  # the SWA learning rate; null: the run's optim.lr x optim.min_lr_ratio
+    # the first averaged epoch: an integer (epoch number, 1-based) or a fraction of trainer.max_epochs in (0, 1)
+    epoch_start: float = option(0.8, gt=0)
+    annealing_epochs: int = option(1, gt=0)  # epochs over which the lr moves to swa.lr
+    annealing_strategy: str = option("cos", choices=SWA_ANNEALING)
 
 
 @dataclass
@@ -173,6 +188,7 @@ class ZooConfig:
     loss: LossOptions = section(LossOptions)
     entropy: EntropyOptions | None = section(EntropyOptions)
     weight_entropy: WeightEntropyOptions | None = section(WeightEntropyOptions)
+    swa: SWAOptions = section(SWAOptions)
     # open sections: they vary by config group
     trainer: dict[str, Any] = option({})
     model: dict[str, Any] = option({})
@@ -245,6 +261,7 @@ def validate(config: Mapping[str, Any], reference: Mapping[str, Any] | None = No
     _check_trainer(trainer if isinstance(trainer, Mapping) else {})
     _check_model_sizes(config.get("model") or {}, "model")
     _check_loss_kind(config.get("loss"))
+    _check_swa(config.get("swa"), config.get("trainer"))
     if reference is not None:
         reference = _container(reference)
         pairs = [(reference.get(name), config.get(name), f"{name}.") for name in OPEN_SECTIONS]
@@ -253,6 +270,22 @@ def validate(config: Mapping[str, Any], reference: Mapping[str, Any] | None = No
         for old, new, prefix in pairs:
             if isinstance(old, Mapping) and isinstance(new, Mapping):
                 _check_like(old, new, prefix)
+
+
+def _check_swa(swa: Any, trainer: Any) -> None:
+    """``swa.epoch_start``: an epoch number (an integer >= 1), or a fraction in (0, 1) of
+    ``trainer.max_epochs``, which must then be set (a run by steps has no fraction of epochs)."""
+    if not isinstance(swa, Mapping) or not swa.get("enabled"):
+        return
+    start = swa.get("epoch_start", 0.8)
+    if not isinstance(start, int | float) or isinstance(start, bool):
+        return  # the section check names it
+    max_epochs = (trainer or {}).get("max_epochs", -1) if isinstance(trainer, Mapping) else -1
+    if start > 1 and start != int(start):
+        raise ZooError(f"swa.epoch_start must be an epoch number (an integer >= 1) or a fraction in (0, 1); got {start}")
+    if start < 1 and (max_epochs is None or max_epochs < 1):
+        raise ZooError(f"swa.epoch_start={start} is a fraction of trainer.max_epochs, which is {max_epochs} "
+                       "(a run by steps): give an epoch number (swa.epoch_start=2) or set trainer.max_epochs")
 
 
 def _container(config: Any) -> dict[str, Any]:

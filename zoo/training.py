@@ -303,6 +303,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         from zoo.entropy.weights import WeightEntropy
 
         callbacks.append(WeightEntropy(out_dir=run_dir, **weight_entropy))
+    swa = swa_callback(config)  # swa.enabled: stochastic weight averaging; the report scores the average
+    if swa is not None:
+        callbacks.append(swa)
     trainer_cfg = dict(config["trainer"])
     vci, max_steps = trainer_cfg.get("val_check_interval"), trainer_cfg.get("max_steps", -1)
     if isinstance(vci, int) and 0 < max_steps < vci:  # validate (and keep a best checkpoint) at least once
@@ -331,14 +334,17 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task.report_stages = [f"report_{s}" for s in splits]
     n_val = len(dm.dataset("val"))
     loaders = [dm.eval_dataloader(s, max_samples=n_val if s == "train" else None) for s in splits]
+    scored = best.best_model_path or None
+    if swa is not None:  # the averaged weights (not the best live ones) are the run's result
+        scored = save_averaged_weights(trainer, task, swa, ckpt_dir / "swa.ckpt") or scored
     results = []
     if loaders:
-        results = trainer.test(task, dataloaders=loaders, ckpt_path=best.best_model_path or None, verbose=False)
+        results = trainer.test(task, dataloaders=loaders, ckpt_path=scored, verbose=False)
     merged: dict[str, float] = {}
     for r in results:
         merged.update({k: float(v) for k, v in r.items()})
     report = build_report(dm, splits, merged, config["report"]["compressors"], n_val)
-    report["best_checkpoint"] = best.best_model_path
+    report["best_checkpoint"] = scored or best.best_model_path
     report["run_dir"] = str(run_dir)
     if trainer.is_global_zero:
         (run_dir / "report.json").write_text(json.dumps(report, indent=1))
@@ -347,7 +353,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # export from the (consolidated) checkpoint file, not from the live module: under
         # sharded strategies the live parameters are shards
         exported = build_model(config["model"], dm.vocab_size, dm.n_ctx)
-        source = best.best_model_path or str(ckpt_dir / "last.ckpt")
+        source = scored or str(ckpt_dir / "last.ckpt")
         exported.load_state_dict(model_state(read_checkpoint(source)))
         if is_adapted(exported):  # the adapter alone, then the model with it merged in
             spec["model"] = base_model_config(config["model"])
@@ -356,6 +362,44 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         save_pretrained(exported, dm.tokenizer, spec, run_dir / "model", metrics=report)
         print(format_report(report))
     return report
+
+
+def swa_callback(config: Mapping[str, Any]) -> Callback | None:
+    """Lightning's ``StochasticWeightAveraging`` for the ``swa:`` section (``None`` when off).
+
+    It averages the weights once per epoch from ``swa.epoch_start`` on, with the learning rate
+    annealed (``annealing_strategy`` over ``annealing_epochs``) to ``swa.lr`` (null:
+    ``optim.lr x optim.min_lr_ratio``) in place of the run's schedule; its state (the average
+    and its count) is part of every checkpoint, so ``resume=`` continues the average.
+    """
+    swa = dict(config.get("swa") or {})
+    if not swa.get("enabled"):
+        return None
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    optim = dict(config.get("optim") or {})
+    lr = swa.get("lr") or float(optim.get("lr", 1e-3)) * float(optim.get("min_lr_ratio", 0.1))
+    start = swa.get("epoch_start", 0.8)
+    start = int(start) if start >= 1 else float(start)  # Lightning: an int is an epoch number, a float a fraction
+    return StochasticWeightAveraging(swa_lrs=lr, swa_epoch_start=start,
+                                     annealing_epochs=int(swa.get("annealing_epochs", 1)),
+                                     annealing_strategy=swa.get("annealing_strategy", "cos"))
+
+
+def save_averaged_weights(trainer: L.Trainer, task: LanguageModelTask, swa: Callback, path: Path) -> str | None:
+    """Put the SWA average into ``task`` and save it as ``path`` (the checkpoint the report
+    scores and the export reads); ``None`` if nothing was averaged (training ended before
+    ``swa.epoch_start``). Lightning moves the average in itself only when training reaches
+    ``trainer.max_epochs``; a run that stops on ``max_steps`` first gets it here."""
+    average, count = getattr(swa, "_average_model", None), getattr(swa, "n_averaged", None)
+    if average is None or count is None or int(count) == 0:
+        rank_zero_info("swa: training ended before swa.epoch_start; nothing was averaged, the report scores "
+                       "the best checkpoint")
+        return None
+    swa.transfer_weights(average, task)  # type: ignore[attr-defined]
+    trainer.save_checkpoint(path)
+    rank_zero_info(f"swa: the average of {int(count)} epoch(s) saved as {path}; the report scores it")
+    return str(path)
 
 
 def build_report(dm: TextDataModule, splits: Sequence[str], metrics: Mapping[str, float],

@@ -45,7 +45,9 @@ class LanguageModelTask(L.LightningModule):
             ``fused`` (``adamw`` only: torch's fused AdamW kernel, on CPU and CUDA; several
             times faster than the per-tensor loop torch uses on CPU by default, with
             rounding-level differences in the weights, so off by default to keep runs
-            reproducing their recorded numbers).
+            reproducing their recorded numbers). ``sgld`` / ``psgld``: Langevin dynamics
+            (:mod:`zoo.optim_sgld`) at temperature ``temperature``, ``betas[1]`` and ``eps``
+            being pSGLD's RMSprop decay and stabiliser.
         loss: the training objective's ``loss:`` section, ``{kind: ce, ...}``
             (:mod:`zoo.objectives` lists the kinds, and more register there). Evaluation is plain CE.
     """
@@ -168,11 +170,15 @@ class LanguageModelTask(L.LightningModule):
                 continue
             (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
         name = o.get("name", "adamw")
-        fused = {"fused": True} if o.get("fused") and name == "adamw" else {}  # one kernel for all tensors
-        opt = optimizer_class(name)(
-            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], **fused,
-        )
+        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+        if name in ("sgld", "psgld"):  # Langevin dynamics (zoo.optim_sgld); psgld: RMSprop-preconditioned
+            from zoo.optim_sgld import SGLD
+
+            opt: torch.optim.Optimizer = SGLD(groups, lr=o["lr"], temperature=float(o["temperature"]),
+                                              preconditioned=name == "psgld", alpha=o["betas"][1], eps=o["eps"])
+        else:
+            fused = {"fused": True} if o.get("fused") and name == "adamw" else {}  # one kernel for all tensors
+            opt = optimizer_class(name)(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], **fused)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lr_schedule(o["schedule"], int(o["warmup_steps"]), total, float(o["min_lr_ratio"]))
