@@ -1,0 +1,218 @@
+"""Diverse vs random training subsets: does a subset chosen for its Vendi score train a better model?
+
+From a seeded pool of ``--pool`` documents of the edu train split, select ``--size`` of them
+greedily for the Vendi score of their MiniLM embeddings (``zoo.diversity.selection``), and, per
+seed, a random subset of the same number of documents whose token count (under the fixed
+tokenizer both runs use) is the closest of ``--draws`` seeded random draws to the diverse
+subset's: same documents, about the same tokens. Each subset is written as one ``.txt`` file per
+document, together with every document of the edu val and test splits, and trained with
+``python -m zoo.fit recipe=quickstart data=files`` on one CPU thread: the files source splits by
+the same hash as edu (same ``val_fraction``, ``test_fraction``, ``split_salt``), so the run trains
+on exactly the subset and validates on exactly the edu val split (checked before training). Both
+arms use the tokenizer of the published ``llama-edu`` (trained on the edu train split), the same
+steps and the same seed; the val BPB is the final report's (best checkpoint by val BPB).
+
+    python benchmarks/diversity_selection.py [--pool 3000] [--size 500] [--seeds 0 1] [--steps 200]
+
+Writes ``benchmarks/results/diversity_selection.{json,md,png}`` and prints the table. Embedding
+3000 documents takes ~5 minutes and each training ~5 minutes on one thread of a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from zoo.diversity.corpus import corpus_texts
+from zoo.diversity.lexical import diversity, words_of
+from zoo.diversity.selection import greedy_vendi
+from zoo.diversity.semantic import mean_cosine_distance, self_bleu, spectrum, vendi_score
+from zoo.diversity.topics import topics
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+TOKENIZER = ROOT / "checkpoints" / "llama-edu" / "tokenizer.json"
+
+
+def token_counts(texts: list[str]) -> np.ndarray:
+    """Tokens of each text under the fixed tokenizer (plus the end-of-text each document gets)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(TOKENIZER))
+    return np.array([len(e.ids) + 1 for e in tok.encode_batch(texts)])
+
+
+def matched_random(tokens: np.ndarray, size: int, target: int, seed: int, draws: int) -> list[int]:
+    """Of ``draws`` seeded random ``size``-subsets, the one whose token total is closest to ``target``."""
+    rng = np.random.default_rng(seed)
+    best, gap = None, None
+    for _ in range(draws):
+        pick = rng.choice(len(tokens), size=size, replace=False)
+        g = abs(int(tokens[pick].sum()) - target)
+        if gap is None or g < gap:
+            best, gap = pick, g
+    assert best is not None
+    return sorted(best.tolist())
+
+
+def write_corpus(folder: Path, train: list[str], heldout: list[str]) -> None:
+    """One .txt per document: the subset, then the edu val and test documents."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate([*train, *heldout]):
+        (folder / f"{i:06d}.txt").write_text(text)
+
+
+def check_splits(folder: Path, train: list[str], val: list[str]) -> None:
+    """The files source puts exactly the subset in train and exactly edu's val documents in val."""
+    from zoo.data.sources import build_source
+
+    src = build_source({"name": "files", "paths": str(folder / "*.txt")})
+    got_train, got_val = sorted(src.documents("train")), sorted(src.documents("val"))
+    assert got_train == sorted(train), (len(got_train), len(train))
+    assert got_val == sorted(val), (len(got_val), len(val))
+
+
+def train(folder: Path, name: str, seed: int, steps: int, out_dir: Path, log: Path) -> dict:
+    """``zoo.fit recipe=quickstart data=files`` on one thread; its final report."""
+    cmd = [sys.executable, "-m", "zoo.fit", "recipe=quickstart", "data=files",
+           f"data.sources.0.paths={folder}/*.txt", f"data.tokenizer.path={TOKENIZER}", "data.num_proc=1",
+           f"seed={seed}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps // 2, 1)}",
+           "logger=none", "trainer.enable_progress_bar=false", f"out_dir={out_dir}", f"name={name}",
+           "report.splits=[val]", "compile=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    t = time.time()
+    with log.open("w") as f:
+        subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    runs = sorted((out_dir / name).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
+    report = json.loads(runs[-1].read_text())
+    report["seconds"] = time.time() - t
+    report["command"] = " ".join(cmd[1:])
+    return report
+
+
+def describe(texts: list[str], emb: np.ndarray, tokens: np.ndarray, bleu_documents: int) -> dict:
+    """The diversity columns of one subset (Self-BLEU on its first ``bleu_documents``)."""
+    t = topics(emb, seed=0)
+    lex = diversity([words_of(x) for x in texts])
+    return {"documents": len(texts), "tokens": int(tokens.sum()), "bytes": sum(len(x.encode()) for x in texts),
+            "vendi": vendi_score(emb), "cosine_distance": mean_cosine_distance(emb), "topics": t.k,
+            "topic_entropy_bits": t.entropy_bits, "self_bleu": self_bleu(texts[:bleu_documents]),
+            "distinct_2": lex["distinct_2"], "mtld": lex["mtld"], "words": lex["words"]}
+
+
+def plot(rows: list[dict], spectra: dict[str, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, lam in spectra.items():
+        a.semilogy(np.arange(1, len(lam) + 1), np.clip(lam, 1e-8, None), label=name)
+    a.set(xlabel="eigenvalue rank", ylabel="eigenvalue of K/n", title="similarity spectrum of each subset")
+    a.legend()
+    for arm, marker in (("diverse", "o"), ("random", "s")):
+        pts = [(r["seed"], r["val_bpb"]) for r in rows if r["arm"] == arm]
+        b.plot([p[0] for p in pts], [p[1] for p in pts], marker, label=arm, markersize=8)
+    b.set(xlabel="seed", ylabel="val BPB (edu val)", title="val BPB per seed")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pool", type=int, default=3000)
+    p.add_argument("--size", type=int, default=500)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--draws", type=int, default=500)
+    p.add_argument("--bleu-documents", type=int, default=100)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "diversity_selection")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+    pool = corpus_texts("edu", "train")
+    random.Random(0).shuffle(pool)
+    pool = pool[:args.pool]
+    heldout = corpus_texts("edu", "val") + corpus_texts("edu", "test")
+    val = corpus_texts("edu", "val")
+    cache = args.work / f"pool{args.pool}.npy"
+    if cache.exists():
+        emb = np.load(cache)
+    else:
+        from zoo.diversity.semantic import embed
+
+        emb = embed(pool, desc="embedding the pool")
+        np.save(cache, emb)
+    tokens = token_counts(pool)
+    t = time.time()
+    diverse = greedy_vendi(emb, args.size)
+    select_s = time.time() - t
+    print(f"greedy Vendi selection of {args.size} of {len(pool)}: {select_s:.0f} s", flush=True)
+    subsets = {"diverse": sorted(diverse)}
+    for s in args.seeds:
+        subsets[f"random-{s}"] = matched_random(tokens, args.size, int(tokens[diverse].sum()), s, args.draws)
+    stats = {name: describe([pool[i] for i in idx], emb[idx], tokens[idx], args.bleu_documents)
+             for name, idx in subsets.items()}
+    stats["pool"] = describe(pool, emb, tokens, args.bleu_documents)
+    for name, st in stats.items():
+        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}), flush=True)
+    rows = []
+    for s in args.seeds:
+        for arm, name in (("diverse", "diverse"), ("random", f"random-{s}")):
+            folder = args.work / "corpora" / name
+            train_texts = [pool[i] for i in subsets[name]]
+            if not folder.exists():
+                write_corpus(folder, train_texts, heldout)
+            check_splits(folder, train_texts, val)
+            report = train(folder, f"select-{arm}-s{s}", s, args.steps, args.work / "runs", args.work / f"{arm}-s{s}.log")
+            row = {"arm": arm, "seed": s, "subset": name, "val_bpb": report["splits"]["val"]["bpb"],
+                   "seconds": report["seconds"], "command": report["command"], **stats[name]}
+            rows.append(row)
+            print(f"  {arm:8s} seed {s}: val BPB {row['val_bpb']:.4f}  ({row['seconds']:.0f} s)", flush=True)
+    write(rows, stats, args, select_s, {n: spectrum(emb[idx]) for n, idx in list(subsets.items())[:2]})
+
+
+def write(rows: list[dict], stats: dict, args: argparse.Namespace, select_s: float,
+          spectra: dict[str, np.ndarray]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    by_arm = {a: [r["val_bpb"] for r in rows if r["arm"] == a] for a in ("diverse", "random")}
+    summary = {a: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for a, v in by_arm.items() if v}
+    out = {"pool": args.pool, "size": args.size, "seeds": args.seeds, "steps": args.steps, "draws": args.draws,
+           "bleu_documents": args.bleu_documents, "selection_seconds": select_s, "subsets": stats, "runs": rows,
+           "summary": summary}
+    (RESULTS / "diversity_selection.json").write_text(json.dumps(out, indent=1))
+    cols = [("documents", "{:,}"), ("tokens", "{:,}"), ("vendi", "{:.1f}"), ("cosine_distance", "{:.4f}"),
+            ("topics", "{}"), ("topic_entropy_bits", "{:.3f}"), ("self_bleu", "{:.2f}"), ("distinct_2", "{:.4f}"),
+            ("mtld", "{:.1f}")]
+    lines = ["| subset | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, st in stats.items():
+        lines.append(f"| {name} | " + " | ".join(f.format(st[c]) for c, f in cols) + " |")
+    lines += ["", "| arm | seed | val BPB | tokens | seconds |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['seed']} | {r['val_bpb']:.4f} | {r['tokens']:,} | {r['seconds']:.0f} |")
+    lines += ["", "| arm | mean val BPB | std | runs |", "|---|---:|---:|---:|"]
+    for a, s in summary.items():
+        lines.append(f"| {a} | {s['mean']:.4f} | {s['std']:.4f} | {s['n']} |")
+    text = "\n".join(lines)
+    (RESULTS / "diversity_selection.md").write_text(
+        f"python benchmarks/diversity_selection.py --pool {args.pool} --size {args.size} "
+        f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps}\n\n{text}\n")
+    plot(rows, spectra, RESULTS / "diversity_selection.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
