@@ -100,6 +100,7 @@ def test_every_family_declares_its_hidden_layers_and_the_hooks_read_them(family,
     assert all(not m._forward_hooks for m in model.modules())  # the hooks are gone
 
 
+@pytest.mark.slow  # importing peft takes seconds
 def test_a_lora_adapted_model_is_read_through_the_model_inside() -> None:
     from zoo.models.adapters import add_lora
 
@@ -161,6 +162,7 @@ def test_ridge_and_lasso_recover_a_last_token_made_of_context_tokens() -> None:
     assert ridge_last_token(noise)["r2_cv"] < 0.2
 
 
+@pytest.mark.slow
 def test_the_token_experiment_on_a_published_llama() -> None:
     from zoo.geometry.information_gain import attention_tokens, token_experiment
     from zoo.hub.registry import load

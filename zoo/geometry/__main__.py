@@ -53,6 +53,9 @@ COMMANDS = {"entropy": OPTIONS}
 def model_reference(ref: str) -> str:
     """A published name resolved to its folder; a folder or ``.ckpt`` path as given. A
     one-line :class:`ZooError` naming ``checkpoint=`` for anything else."""
+    path = Path(ref).expanduser()
+    if ("/" in ref or ref.endswith(".ckpt")) and not path.exists():  # a path (names have no "/"): no registry
+        raise ZooError(f"checkpoint={ref}: no such file or folder")
     from zoo.hub.registry import resolve
 
     if ref.endswith(".ckpt"):
