@@ -47,7 +47,8 @@ def main() -> None:
         profiles[name] = rows
         meta[name] = {"family": language_model(model).family, "layout": dm.layout, "seconds": time.time() - t0}
         sections.append(f"### {name} ({meta[name]['family']}, {dm.layout})\n\n{format_table(rows, 1.0)}")
-        print(f"  {name}: {', '.join(f'{r['entropy_bits']:.2f}' for r in rows)}", flush=True)
+        bits = ", ".join(f"{r['entropy_bits']:.2f}" for r in rows)
+        print(f"  {name}: {bits}", flush=True)
     head = (f"Matrix entropy (α = 1, bits) of {args.tokens} edu val token representations per layer "
             "(Gram matrix of the unit rows); layer 0 is the embedding.")
     text = "\n\n".join([head, *sections])
