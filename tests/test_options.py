@@ -137,6 +137,13 @@ SPECS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "geometry entropy": ("zoo.geometry.__main__", ["entropy", "checkpoint={published}/llama-edu", "tokens=64"], {
         "checkpoint": "model", "data": "data", "split": "choice", "tokens": "count", "alpha": "number0",
         "matrix": "choice", "json": "json", "out": "out_dir"}),
+    "flatness": ("zoo.flatness.__main__", ["checkpoint={published}/llama-edu", "batches=1", "batch_size=1", "top_k=1",
+                                           "lanczos_steps=2", "trace_samples=1", "llc_steps=0"], {
+        "checkpoint": "model", "data": "data", "split": "choice", "batches": "count", "batch_size": "count",
+        "top_k": "count", "lanczos_steps": "count0", "trace_samples": "count", "trace_method": "choice",
+        "density_runs": "count0", "density_steps": "count", "z": "number0", "llc_steps": "count0",
+        "llc_chains": "count", "llc_lr": "number0", "llc_gamma": "number0", "llc_nbeta": "number0", "seed": "count0",
+        "json": "json", "out": "out_dir"}),
 }
 
 

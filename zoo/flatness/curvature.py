@@ -31,7 +31,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hessian_eigenthings import HessianOperator, LambdaOperator, hutch_plus_plus, hutchinson, lanczos, spectral_density
+from hessian_eigenthings import (
+    HessianOperator,
+    LambdaOperator,
+    hutch_plus_plus,
+    hutchinson,
+    lanczos,
+    spectral_density,
+)
 from hessian_eigenthings.operators.base import CurvatureOperator
 from torch import nn
 
