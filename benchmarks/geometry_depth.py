@@ -4,7 +4,8 @@ For each model of ``checkpoints/`` (``--models``, default: all), the matrix entr
 Gram matrix of the unit-normalised rows) of ``--tokens`` edu val token representations at
 every hidden layer (:meth:`zoo.models.LanguageModel.hidden_layers`: the embedding, each
 block; the EACD's encoder, vector and decoder), as ``python -m zoo.geometry entropy``
-measures it. Writes ``benchmarks/results/geometry_depth.{json,md,png}``.
+measures it, on packed windows for every model (the EACDs were trained on left-padded
+documents; packed windows have no pads to drop, so every layer sees the same tokens). Writes ``benchmarks/results/geometry_depth.{json,md,png}``.
 
     OMP_NUM_THREADS=1 python benchmarks/geometry_depth.py [--tokens 4096] [--models llama-edu,mixer-edu]
 """
@@ -40,7 +41,7 @@ def main() -> None:
     profiles, meta, sections = {}, {}, []
     for name in names:
         t0 = time.time()
-        task, dm = prepare(model_reference(name), "val", group="edu")
+        task, dm = prepare(model_reference(name), "val", group="edu", overrides={"layout": "packed"})
         model = task.model.float().eval()
         loader = dm.eval_dataloader("val", max_samples=math.ceil(args.tokens / int(task.hparams.n_ctx)) + 1)
         rows = layer_entropy_profile(model, loader, args.tokens)

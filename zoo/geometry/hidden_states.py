@@ -50,6 +50,8 @@ class LayerRecorder:
     counts: dict[str, int] = field(default_factory=dict)
     #: layers whose output has one row per sequence (``[B, d]``): never waited for
     per_sequence: set[str] = field(default_factory=set)
+    #: layers whose positions did not line up with a batch that had pads (their pads were kept)
+    with_pads: set[str] = field(default_factory=set)
 
     def record(self, name: str, output: object) -> None:
         x = _first_tensor(output)
@@ -58,8 +60,11 @@ class LayerRecorder:
         x = x.detach()
         if x.ndim == 2:
             self.per_sequence.add(name)
-        if x.ndim == 3 and self.keep is not None and tuple(x.shape[:2]) == tuple(self.keep.shape):
-            x = x[self.keep.to(x.device, torch.bool)]
+        if x.ndim == 3 and self.keep is not None:
+            if tuple(x.shape[:2]) == tuple(self.keep.shape):
+                x = x[self.keep.to(x.device, torch.bool)]
+            elif not bool(self.keep.all()):
+                self.with_pads.add(name)
         x = x.reshape(-1, x.shape[-1]).float().cpu()
         have = self.counts.get(name, 0)
         if self.limit is not None:
@@ -94,12 +99,16 @@ def recording(model: nn.Module, limit: int | None = None) -> Iterator[LayerRecor
 
 
 def collect_hidden_states(model: nn.Module, batches: Iterable[Mapping[str, Tensor]], tokens: int | None = None,
-                          progress: bool = False, total: int | None = None) -> dict[str, Tensor]:
+                          progress: bool = False, total: int | None = None,
+                          with_pads: set[str] | None = None) -> dict[str, Tensor]:
     """Layer name -> ``[N, d]`` representations of the tokens of ``batches`` (DataModule
     batches: ``input_ids``, ``attention_mask``, ``labels``), from the model's
     :meth:`~zoo.models.LanguageModel.forward_batch` in eval mode without gradients; at most
     ``tokens`` rows a layer (it stops reading batches once every layer has them).
-    ``progress``: a tqdm bar over the batches (``total`` of them, if known)."""
+    ``progress``: a tqdm bar over the batches (``total`` of them, if known). ``with_pads``, if
+    given, receives the layers whose rows include pads (their positions do not match the
+    batch's mask, e.g. a decoder with an extra position, on left-padded batches; packed
+    windows have no pads)."""
     lm = language_model(model)
     was_training = model.training
     model.eval()
@@ -122,4 +131,6 @@ def collect_hidden_states(model: nn.Module, batches: Iterable[Mapping[str, Tenso
         model.train(was_training)
         if bar is not None:
             bar.close()
+    if with_pads is not None:
+        with_pads.update(rec.with_pads)
     return rec.states()

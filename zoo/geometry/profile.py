@@ -13,17 +13,20 @@ from zoo.geometry.hidden_states import collect_hidden_states
 from zoo.geometry.matrix_entropy import density_spectrum, renyi_entropy
 
 
-def entropy_rows(states: Mapping[str, Tensor], alpha: float = 1.0, kind: str = "gram") -> list[dict[str, Any]]:
+def entropy_rows(states: Mapping[str, Tensor], alpha: float = 1.0, kind: str = "gram",
+                 with_pads: Iterable[str] = ()) -> list[dict[str, Any]]:
     """One row per layer of ``states`` (layer name -> ``[N, d]``, in depth order): ``layer``
     (0 = the first, the embedding), ``name``, ``rows`` (N), ``dim`` (d), ``entropy_bits``
     (``S_α``), ``effective_rank`` (``2^S_α``) and ``fraction`` (``S_α / log2 min(N, d)``,
-    1 = spread evenly over every direction the layer could fill)."""
+    1 = spread evenly over every direction the layer could fill), and ``with_pads`` (the
+    layer's rows include pad positions: see :func:`collect_hidden_states`)."""
+    padded = set(with_pads)
     out = []
     for i, (name, x) in enumerate(states.items()):
         s = renyi_entropy(density_spectrum(x, kind), alpha)
         most = math.log2(max(min(x.shape[0], x.shape[1]), 2))
         out.append({"layer": i, "name": name, "rows": int(x.shape[0]), "dim": int(x.shape[1]), "entropy_bits": s,
-                    "effective_rank": 2.0**s, "fraction": s / most})
+                    "effective_rank": 2.0**s, "fraction": s / most, "with_pads": name in padded})
     return out
 
 
@@ -32,7 +35,9 @@ def layer_entropy_profile(model: nn.Module, batches: Iterable[Mapping[str, Tenso
                           total: int | None = None) -> list[dict[str, Any]]:
     """:func:`entropy_rows` of the first ``tokens`` tokens' representations at every hidden
     layer of ``model`` (:func:`zoo.geometry.hidden_states.collect_hidden_states`)."""
-    return entropy_rows(collect_hidden_states(model, batches, tokens, progress=progress, total=total), alpha, kind)
+    padded: set[str] = set()
+    states = collect_hidden_states(model, batches, tokens, progress=progress, total=total, with_pads=padded)
+    return entropy_rows(states, alpha, kind, padded)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], alpha: float) -> str:
@@ -40,7 +45,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], alpha: float) -> str:
     lines = [f"| layer | module | tokens | dim | S_{alpha:g} bits | 2^S | S / log2 min(N, d) |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['layer']} | {r['name']} | {r['rows']} | {r['dim']} | {r['entropy_bits']:.3f} | "
+        lines.append(f"| {r['layer']} | {r['name']}{' (pads kept)' if r.get('with_pads') else ''} | {r['rows']} | {r['dim']} | {r['entropy_bits']:.3f} | "
                      f"{r['effective_rank']:.1f} | {r['fraction']:.3f} |")
     return "\n".join(lines)
 
