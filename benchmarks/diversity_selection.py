@@ -6,7 +6,8 @@ seed, a random subset of the same number of documents whose token count (under t
 tokenizer both runs use) is the closest of ``--draws`` seeded random draws to the diverse
 subset's: same documents, about the same tokens. Each subset is written as one ``.txt`` file per
 document, together with every document of the edu val and test splits, and trained with
-``python -m zoo.fit recipe=quickstart data=files`` on one CPU thread: the files source splits by
+``python -m zoo.fit recipe=quickstart data=files``, the two arms of a seed side by side, each on
+one CPU thread: the files source splits by
 the same hash as edu (same ``val_fraction``, ``test_fraction``, ``split_salt``), so the run trains
 on exactly the subset and validates on exactly the edu val split (checked before training). Both
 arms use the tokenizer of the published ``llama-edu`` (trained on the edu train split), the same
@@ -15,7 +16,8 @@ steps and the same seed; the val BPB is the final report's (best checkpoint by v
     python benchmarks/diversity_selection.py [--pool 3000] [--size 500] [--seeds 0 1] [--steps 200]
 
 Writes ``benchmarks/results/diversity_selection.{json,md,png}`` and prints the table. Embedding
-3000 documents takes ~5 minutes and each training ~5 minutes on one thread of a 2-core CPU.
+3000 documents takes ~6 CPU-minutes (cached in ``--work``), the greedy selection ~2 and each
+training ~3; a rerun reuses the embeddings and the finished runs' reports.
 """
 
 from __future__ import annotations
@@ -80,22 +82,38 @@ def check_splits(folder: Path, train: list[str], val: list[str]) -> None:
     assert got_val == sorted(val), (len(got_val), len(val))
 
 
-def train(folder: Path, name: str, seed: int, steps: int, out_dir: Path, log: Path) -> dict:
-    """``zoo.fit recipe=quickstart data=files`` on one thread; its final report."""
-    cmd = [sys.executable, "-m", "zoo.fit", "recipe=quickstart", "data=files",
-           f"data.sources.0.paths={folder}/*.txt", f"data.tokenizer.path={TOKENIZER}", "data.num_proc=1",
-           f"seed={seed}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps // 2, 1)}",
-           "logger=none", "trainer.enable_progress_bar=false", f"out_dir={out_dir}", f"name={name}",
-           "report.splits=[val]", "compile=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    t = time.time()
-    with log.open("w") as f:
-        subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+def fit_command(folder: Path, name: str, seed: int, steps: int, out_dir: Path) -> list[str]:
+    """``zoo.fit recipe=quickstart data=files`` on the subset folder, with the fixed tokenizer."""
+    return [sys.executable, "-m", "zoo.fit", "recipe=quickstart", "data=files",
+            f"data.sources.0.paths={folder}/*.txt", f"data.tokenizer.path={TOKENIZER}", "data.num_proc=1",
+            f"seed={seed}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps // 2, 1)}",
+            "logger=none", "trainer.enable_progress_bar=false", f"out_dir={out_dir}", f"name={name}",
+            "report.splits=[val]", "compile=false"]
+
+
+def last_report(out_dir: Path, name: str) -> dict | None:
+    """The newest final report of run ``name`` (a rerun reuses it instead of training again)."""
     runs = sorted((out_dir / name).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
-    report = json.loads(runs[-1].read_text())
-    report["seconds"] = time.time() - t
-    report["command"] = " ".join(cmd[1:])
-    return report
+    return json.loads(runs[-1].read_text()) if runs else None
+
+
+def train_together(jobs: list[tuple[str, list[str], Path]], out_dir: Path) -> dict[str, dict]:
+    """Run the ``(name, command, log)`` trainings side by side, each on one thread; their final reports."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    started, reports = {}, {}
+    for name, cmd, log in jobs:
+        if (done := last_report(out_dir, name)) is not None:
+            reports[name] = {**done, "seconds": done.get("seconds", float("nan")), "command": " ".join(cmd[1:])}
+            continue
+        started[name] = (subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT),
+                         time.time(), cmd)
+    for name, (proc, t, cmd) in started.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"training {name} failed: see {out_dir.parent}/{name}.log")
+        report = last_report(out_dir, name)
+        assert report is not None
+        reports[name] = {**report, "seconds": time.time() - t, "command": " ".join(cmd[1:])}
+    return reports
 
 
 def describe(texts: list[str], emb: np.ndarray, tokens: np.ndarray, bleu_documents: int) -> dict:
@@ -166,18 +184,23 @@ def main() -> None:
         subsets[f"random-{s}"] = matched_random(tokens, args.size, int(tokens[diverse].sum()), s, args.draws)
     stats = {name: describe([pool[i] for i in idx], emb[idx], tokens[idx], args.bleu_documents)
              for name, idx in subsets.items()}
-    stats["pool"] = describe(pool, emb, tokens, args.bleu_documents)
     for name, st in stats.items():
         print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}), flush=True)
     rows = []
+    runs = args.work / "runs"
     for s in args.seeds:
+        jobs = []
         for arm, name in (("diverse", "diverse"), ("random", f"random-{s}")):
             folder = args.work / "corpora" / name
             train_texts = [pool[i] for i in subsets[name]]
             if not folder.exists():
                 write_corpus(folder, train_texts, heldout)
             check_splits(folder, train_texts, val)
-            report = train(folder, f"select-{arm}-s{s}", s, args.steps, args.work / "runs", args.work / f"{arm}-s{s}.log")
+            run = f"select-{arm}-s{s}"
+            jobs.append((run, fit_command(folder, run, s, args.steps, runs), args.work / f"{run}.log"))
+        reports = train_together(jobs, runs)
+        for arm, name in (("diverse", "diverse"), ("random", f"random-{s}")):
+            report = reports[f"select-{arm}-s{s}"]
             row = {"arm": arm, "seed": s, "subset": name, "val_bpb": report["splits"]["val"]["bpb"],
                    "seconds": report["seconds"], "command": report["command"], **stats[name]}
             rows.append(row)

@@ -125,8 +125,9 @@ SPECS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "publish": ("zoo.publish", ["name=zoo-options-test", "run=/nonexistent/zoo-run"], {
         "run": "model", "name": "name", "precision": "choice", "precision_reason": "free", "bf16_tolerance": "number0",
         "eval": "data", "check_batches": "count", "description": "free", "table": "bool"}),
-    "diversity": ("zoo.diversity", ["data=edu", "words=100"], {
-        "data": "data", "split": "choice", "words": "count", "seed": "count0", "json": "json"}),
+    "diversity": ("zoo.diversity", ["data=edu", "words=100", "semantic=false"], {
+        "data": "data", "split": "choice", "words": "count", "seed": "count0", "json": "json", "semantic": "choice",
+        "embed_documents": "count", "bleu_documents": "count", "max_topics": "count", "png": "json"}),
     "data": ("zoo.data.__main__", ["info", "data=edu"], {
         "recipe": "choice", "data": "data", "num_proc": "count", "node_rank": "count0", "num_nodes": "count",
         "verify": "bool", "seed": "count0"}),

@@ -89,7 +89,13 @@ def table(results: Mapping[str, Mapping[str, float]]) -> str:
 def semantic_columns(texts: Sequence[str], name: str, *, bleu_documents: int, max_topics: int,
                      seed: int) -> tuple[dict[str, float], dict[str, Any]]:
     """The semantic and topic columns of ``texts`` (embedded here), and what the plot draws."""
-    from zoo.diversity.semantic import embed, entropy_of_spectrum, mean_cosine_distance, self_bleu, spectrum
+    from zoo.diversity.semantic import (
+        embed,
+        entropy_of_spectrum,
+        mean_cosine_distance,
+        self_bleu,
+        spectrum,
+    )
     from zoo.diversity.topics import topics
 
     emb = embed(list(texts), desc=f"embedding {name}")

@@ -23,7 +23,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-
 WORD = re.compile(r"\w+|[^\w\s]")
 MTLD_THRESHOLD = 0.72
 
