@@ -103,8 +103,9 @@ def train_arm(arm: str, args: argparse.Namespace) -> dict:
 
 
 def measure_arm(arm: str, args: argparse.Namespace) -> dict:
-    from zoo.flatness.curvature import fixed_batches, measure
     from zoo.flatness.learning_coefficient import estimate_llc
+
+    from zoo.flatness.curvature import fixed_batches, measure
 
     row = json.loads((RUNS / f"{arm}.json").read_text())
     cfg = compose(row["recipe"], row["overrides"])
@@ -124,7 +125,7 @@ def measure_arm(arm: str, args: argparse.Namespace) -> dict:
                 "trace": curv.trace, "trace_stderr": curv.trace_stderr, "z": curv.z,
                 "effective_dimension_top_k": curv.effective_dimension_top_k,
                 "llc": llc.llc_mean, "llc_std": llc.llc_std, "llc_trace": llc.loss_trace_mean,
-                "weight_entropy_bits": went["overall"]["hist_entropy"],
+                "weight_entropy_bits": went["hist"], "weight_gauss_entropy_bits": went["gauss"],
                 "measure_seconds": time.time() - t0})
     (RUNS / f"{arm}.json").write_text(json.dumps(row, indent=1))
     print(f"  {arm}: λmax {row['top_eigenvalue']:.3f} trace {row['trace']:.1f} λ̂ {row['llc']:.1f} "

@@ -62,7 +62,8 @@ def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     :func:`zoo.metrics.token_stats` reports as ``loss``, written with plain autograd ops so
     that it has a second derivative (the chunked loss's backward is once-differentiable)."""
     logits = model.forward_batch(batch)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up to float32; float64 stays
+    return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
 
 
 def fixed_batches(loader: Any, n: int) -> list[Batch]:
@@ -80,10 +81,15 @@ def hessian_operator(model: nn.Module, batches: Sequence[Batch],
                      progress: Any = None) -> CurvatureOperator:
     """The Hessian of the mean of ``loss_fn`` over ``batches`` w.r.t. the trainable parameters,
     as a matrix-free operator (hessian-eigenthings' ``HessianOperator``) that counts its
-    products (``.products``). ``progress``: a tqdm bar advanced once per product."""
+    products (``.products``) and runs each under :func:`double_backward_attention`.
+    ``progress``: a tqdm bar advanced once per product."""
     op = HessianOperator(model, list(batches), loss_fn, full_dataset=True,
                          param_filter=lambda _name, p: p.requires_grad)
-    counted = LambdaOperator(lambda v: _count(counted, op.matvec(v), progress), op.size, op.device, op.dtype)
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        with double_backward_attention():
+            return _count(counted, op.matvec(v), progress)
+
+    counted = LambdaOperator(matvec, op.size, op.device, op.dtype)
     counted.products = 0  # type: ignore[attr-defined]
     return counted
 
