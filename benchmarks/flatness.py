@@ -44,7 +44,7 @@ from zoo.recipes import compose  # noqa: E402
 from zoo.training import save_averaged_weights, swa_callback  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = Path("runs/flatness")
+RUNS = Path("runs/flatness")  # --tag T: runs/flatness_T and results/flatness_T.*
 
 
 def arm_overrides(arm: str, args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -103,9 +103,8 @@ def train_arm(arm: str, args: argparse.Namespace) -> dict:
 
 
 def measure_arm(arm: str, args: argparse.Namespace) -> dict:
-    from zoo.flatness.learning_coefficient import estimate_llc
-
     from zoo.flatness.curvature import fixed_batches, measure
+    from zoo.flatness.learning_coefficient import estimate_llc
 
     row = json.loads((RUNS / f"{arm}.json").read_text())
     cfg = compose(row["recipe"], row["overrides"])
@@ -208,7 +207,11 @@ def main() -> None:
     p.add_argument("--llc-lr", type=float, default=1e-4)
     p.add_argument("--llc-gamma", type=float, default=100.0)
     p.add_argument("--llc-nbeta", type=float, default=None)
+    p.add_argument("--tag", default="", help="suffix of the runs folder and the result files (e.g. e15)")
     args = p.parse_args()
+    global RUNS
+    stem = f"flatness_{args.tag}" if args.tag else "flatness"
+    RUNS = RUNS.parent / stem
     torch.set_num_threads(max(1, torch.get_num_threads()))
     arms = [a for a in args.arms.split(",") if a]
     if "entropy_aware" in arms and not Path(args.estimates).is_dir():
@@ -223,10 +226,10 @@ def main() -> None:
         text = table(rows, corr)
         print(text)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "flatness.json").write_text(json.dumps({"rows": rows, "correlations": corr,
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"rows": rows, "correlations": corr,
                                                             "args": vars(args)}, indent=1))
-        (RESULTS / "flatness.md").write_text(text + "\n")
-        plot(rows, RESULTS / "flatness.png")
+        (RESULTS / f"{stem}.md").write_text(text + "\n")
+        plot(rows, RESULTS / f"{stem}.png")
 
 
 if __name__ == "__main__":
