@@ -66,7 +66,8 @@ def test_schema_defaults_are_default_yaml() -> None:
     assert flatten_keys(base) == flatten_keys(ours)
     optim = dataclasses.asdict(schema.OptimOptions())
     assert optim == {"name": "adamw", "lr": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8,
-                     "warmup_steps": 100, "schedule": "cosine", "min_lr_ratio": 0.1, "fused": False}
+                     "warmup_steps": 100, "schedule": "cosine", "min_lr_ratio": 0.1, "fused": False,
+                     "temperature": 1e-6}
     assert (schema.DEFAULT_VOCAB_SIZE, schema.DEFAULT_N_CTX) == (8192, 256)
 
 
