@@ -110,7 +110,7 @@ def entropy_command(argv: Sequence[str]) -> dict[str, Any]:
             f"of {rows[0]['rows']} token representations per layer ({kind} matrix, α={alpha:g}"
             f"{': von Neumann' if alpha == 1 else ''})")
     text = "\n".join([head, format_table(rows, alpha)]
-                     + ([f"note: {', '.join(short)} hold fewer rows (one per sequence, not per token)"] if short else []))
+                     + ([f"note: fewer rows at {', '.join(short)} (one per sequence, not per token)"] if short else []))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "geometry_entropy.json").write_text(json.dumps(result, indent=1))
