@@ -215,3 +215,53 @@ def test_command_help(capsys) -> None:
 
     main(["--help"])
     assert "checkpoint=NAME|PATH" in capsys.readouterr().out
+
+
+SWA_TINY = [
+    "recipe=quickstart", "logger=csv", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "data.n_ctx=32",
+    "data.batch_size=4", "data.tokenizer.vocab_size=300", "data.tokenizer.train_bytes=200000", "optim.warmup_steps=2",
+    "entropy.train_documents=24", "trainer.max_steps=-1", "trainer.max_epochs=6", "trainer.val_check_interval=1.0",
+    "trainer.check_val_every_n_epoch=1", "checkpoint.every_n_train_steps=1", "swa.enabled=true", "swa.epoch_start=3",
+    "swa.lr=1e-3", "report.splits=[val]", "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.mark.slow
+def test_a_killed_swa_run_resumes_to_the_same_average(tmp_path, cache_dir) -> None:
+    """SIGTERM after averaging began, resume=auto: the same swa.ckpt as a run never stopped
+    (the callback's average, count and SWA scheduler travel in last.ckpt)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    def fit(out: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "zoo.fit", *SWA_TINY, f"out_dir={out}", *extra],
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        if wait:
+            out_text, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, out_text[-3000:]
+        return proc
+
+    def ckpt(out: Path, name: str) -> Path:
+        (path,) = (out / "quickstart").glob(f"*/checkpoints/{name}")
+        return path
+
+    fit(tmp_path / "whole")
+    proc = fit(tmp_path / "killed", wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # 6 steps an epoch: step 21 is inside epoch 4, after averaging epoch 3
+        paths = list((tmp_path / "killed" / "quickstart").glob("*/checkpoints/last.ckpt"))
+        if paths and torch.load(paths[0], map_location="cpu", weights_only=True)["global_step"] >= 21:
+            break
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert not list((tmp_path / "killed" / "quickstart").glob("*/checkpoints/swa.ckpt"))
+    fit(tmp_path / "killed", "resume=auto")
+    a, b = _state(ckpt(tmp_path / "whole", "swa.ckpt")), _state(ckpt(tmp_path / "killed", "swa.ckpt"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
