@@ -92,9 +92,15 @@ def fit_command(folder: Path, name: str, seed: int, steps: int, out_dir: Path) -
 
 
 def last_report(out_dir: Path, name: str) -> dict | None:
-    """The newest final report of run ``name`` (a rerun reuses it instead of training again)."""
+    """The newest final report of run ``name`` (a rerun reuses it instead of training again), with
+    ``seconds``: from the run folder's start time (its name) to the report."""
+    from datetime import datetime
+
     runs = sorted((out_dir / name).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
-    return json.loads(runs[-1].read_text()) if runs else None
+    if not runs:
+        return None
+    start = datetime.strptime(runs[-1].parent.name, "%Y-%m-%d_%H-%M-%S").timestamp()
+    return {**json.loads(runs[-1].read_text()), "seconds": runs[-1].stat().st_mtime - start}
 
 
 def train_together(jobs: list[tuple[str, list[str], Path]], out_dir: Path) -> dict[str, dict]:
@@ -103,16 +109,16 @@ def train_together(jobs: list[tuple[str, list[str], Path]], out_dir: Path) -> di
     started, reports = {}, {}
     for name, cmd, log in jobs:
         if (done := last_report(out_dir, name)) is not None:
-            reports[name] = {**done, "seconds": done.get("seconds", float("nan")), "command": " ".join(cmd[1:])}
+            reports[name] = {**done, "command": " ".join(cmd[1:])}
             continue
         started[name] = (subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT),
-                         time.time(), cmd)
-    for name, (proc, t, cmd) in started.items():
+                         cmd)
+    for name, (proc, cmd) in started.items():
         if proc.wait() != 0:
             raise SystemExit(f"training {name} failed: see {out_dir.parent}/{name}.log")
         report = last_report(out_dir, name)
         assert report is not None
-        reports[name] = {**report, "seconds": time.time() - t, "command": " ".join(cmd[1:])}
+        reports[name] = {**report, "command": " ".join(cmd[1:])}
     return reports
 
 
