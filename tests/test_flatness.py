@@ -228,8 +228,14 @@ SWA_TINY = [
 
 @pytest.mark.slow
 def test_a_killed_swa_run_resumes_to_the_same_average(tmp_path, cache_dir) -> None:
-    """SIGTERM after averaging began, resume=auto: the same swa.ckpt as a run never stopped
-    (the callback's average, count and SWA scheduler travel in last.ckpt)."""
+    """SIGTERM after averaging began, then resume=auto: the callback's average, count and SWA
+    scheduler travel in last.ckpt, so the resumed run continues the average (4 epochs averaged,
+    as in a run never stopped) and reports it.
+
+    Not asserted: bitwise-equal weights. In this epoch-based setting (entropy.train_documents,
+    validation per epoch) a resumed run differs from an uninterrupted one without SWA too
+    (max |Δw| 0.18 after 366 steps, measured while writing this test), unlike the step-based
+    setting tests/test_resume.py checks."""
     import os
     import signal
     import subprocess
@@ -251,17 +257,22 @@ def test_a_killed_swa_run_resumes_to_the_same_average(tmp_path, cache_dir) -> No
     fit(tmp_path / "whole")
     proc = fit(tmp_path / "killed", wait=False)
     deadline = time.time() + 300
-    while time.time() < deadline:  # 6 steps an epoch: step 21 is inside epoch 4, after averaging epoch 3
+    while time.time() < deadline:  # 61 steps an epoch: step 193 is inside epoch 4, after averaging epoch 3
         paths = list((tmp_path / "killed" / "quickstart").glob("*/checkpoints/last.ckpt"))
-        if paths and torch.load(paths[0], map_location="cpu", weights_only=True)["global_step"] >= 21:
+        if paths and torch.load(paths[0], map_location="cpu", weights_only=True)["global_step"] >= 193:
             break
         assert proc.poll() is None, "the run ended before it could be interrupted"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert not list((tmp_path / "killed" / "quickstart").glob("*/checkpoints/swa.ckpt"))
+    stopped = torch.load(ckpt(tmp_path / "killed", "last.ckpt"), map_location="cpu", weights_only=True)
+    (state,) = [v for k, v in stopped["callbacks"].items() if "StochasticWeightAveraging" in k]
+    assert state["n_averaged"] >= 1 and state["scheduler_state"] is not None  # averaging had begun
     fit(tmp_path / "killed", "resume=auto")
-    a, b = _state(ckpt(tmp_path / "whole", "swa.ckpt")), _state(ckpt(tmp_path / "killed", "swa.ckpt"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    for run in ("whole", "killed"):
+        saved = torch.load(ckpt(tmp_path / run, "swa.ckpt"), map_location="cpu", weights_only=True)
+        (state,) = [v for k, v in saved["callbacks"].items() if "StochasticWeightAveraging" in k]
+        assert state["n_averaged"] == 4 and saved["global_step"] == 366, run  # epochs 3..6
+        report = json.loads(next((tmp_path / run / "quickstart").glob("*/report.json")).read_text())
+        assert report["best_checkpoint"].endswith("swa.ckpt")
