@@ -92,6 +92,7 @@ def _rank(rank: int, world: int, port: int, parquet: str, cache_dir: str, out: s
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes under DDP, each with two workers: ~35 s
 def test_ranks_and_workers_see_disjoint_documents(parquet, cache_dir, tmp_path) -> None:
     dm = TextDataModule([{"name": "fineweb-edu", "data_files": f"{parquet}/*.parquet"}], n_ctx=48, layout="left_padded",
                         tokenizer={"vocab_size": 300, "train_bytes": 100_000}, cache_dir=cache_dir, streaming=True,
