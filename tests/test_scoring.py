@@ -164,7 +164,7 @@ def test_diversity_takes_data_groups_and_overrides(tmp_path, cache_dir) -> None:
         (tmp_path / f"{i}.txt").write_text(text)
     out = tmp_path / "d.json"
     main(["data=files", f"data.sources.0.paths={tmp_path}/*.txt", "data.sources.0.val_fraction=0",
-          "data.sources.0.test_fraction=0", "words=100", f"json={out}"])
+          "data.sources.0.test_fraction=0", "words=100", "semantic=false", f"json={out}"])
     (row,) = json.loads(out.read_text()).values()
     assert row["words"] == 5 and row["documents"] == 2 and row["hill_0"] == 4  # alpha beta gamma delta
 
