@@ -87,6 +87,7 @@ def test_cfg_job_prints_composed_config(tmp_path) -> None:
     assert "d_model: 256" in proc.stdout and "name: quickstart" in proc.stdout
 
 
+@pytest.mark.slow  # two fits that fail at preparation (~25 s); the one-line errors of bad input stay in the default pass
 def test_empty_corpus_and_missing_column(tmp_path) -> None:
     (tmp_path / "empty.txt").write_text("")
     proc = zoo_cli("zoo.fit", "recipe=quickstart", "logger=none", "data=files",

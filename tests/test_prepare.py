@@ -111,6 +111,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # a killed multi-process preparation (~20 s)
 def test_killed_preparation_resumes_to_a_byte_identical_cache(corpus, tokenizer_file, reference, tmp_path) -> None:
     args = prepare_cmd(corpus, tokenizer_file, "num_proc=1")[3:]
     killed = run([sys.executable, "-c", KILL_AT_UNIT, *args], tmp_path)

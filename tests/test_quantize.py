@@ -206,6 +206,7 @@ def test_every_quantize_mode_runs_on_cpu(noisy_eacd) -> None:
     assert by_mode["vec:bf16"]["size_bytes"] == size["fp32"]  # the vector's format is not the weights'
 
 
+@pytest.mark.slow  # every mode through the command line (~26 s); test_every_quantize_mode_runs_on_cpu stays
 def test_quantize_cli_prints_a_table_and_rejects_vector_modes_without_a_vector(noisy_eacd, tmp_path) -> None:
     env = {**os.environ, "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "zoo.evaluate", f"checkpoint={noisy_eacd}", "quantize=int8,vec:fp8_e5m2",

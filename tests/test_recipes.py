@@ -112,7 +112,7 @@ BAD = [
     ("optim.warmup_steps=2.5", "optim.warmup_steps must be an integer >= 0; got 2.5"),
     ("optim.warmup_steps=-1", "optim.warmup_steps must be an integer >= 0; got -1"),
     ("optim.schedule=step", "optim.schedule must be one of cosine, linear, constant; got 'step'"),
-    ("optim.name=sgd", "optim.name must be one of adamw, adamw8bit; got 'sgd'"),
+    ("optim.name=sgd", "optim.name must be one of adamw, adamw8bit, sgld, psgld; got 'sgd'"),
     ("optim.betas=[0.9]", "optim.betas must be a list of 2 numbers in [0, 1); got [0.9]"),
     ("optim.fused=3", "optim.fused must be true or false; got 3"),
     ("trainer.max_steps=-2", "trainer.max_steps must be a positive integer, or -1 (no limit); got -2"),
