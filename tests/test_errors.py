@@ -59,6 +59,7 @@ class CreatesAFile:
         return (open, (str(self.target), "w"))
 
 
+@pytest.mark.slow  # a subprocess fit that must refuse the file (~20 s)
 def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"

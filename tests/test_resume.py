@@ -87,6 +87,7 @@ def test_killed_run_resumes_to_identical_weights(sig, uninterrupted, tmp_path) -
     assert_same(weights(last_ckpt(tmp_path)), uninterrupted)
 
 
+@pytest.mark.slow  # a subprocess fit driven to a non-finite loss (~16 s)
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path) -> None:
     proc = fit(tmp_path, "optim.lr=1e30", "optim.warmup_steps=0", wait=False)
     out, _ = proc.communicate(timeout=600)
