@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -137,21 +138,30 @@ def mean_cosine_distance(x: np.ndarray) -> float:
 
 
 def spectrum(x: np.ndarray) -> np.ndarray:
-    """Eigenvalues of ``K / n`` (``K`` the cosine similarities of the rows), descending, >= 0, summing
-    to 1; from the ``n x n`` Gram matrix or the ``d x d`` covariance, whichever is smaller."""
-    x = normalise(x)
-    n = len(x)
-    if n == 0:
+    """Eigenvalues of ``K / n`` (``K`` the cosine similarities of the rows), descending, > 0, summing
+    to 1: the spectrum whose entropy is the rows' matrix entropy (:mod:`zoo.geometry.matrix_entropy`
+    computes it, from the ``d x d`` side)."""
+    import torch
+
+    from zoo.geometry.matrix_entropy import density_spectrum
+
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) == 0:
         return np.zeros(0)
-    gram = x @ x.T if n <= x.shape[1] else x.T @ x
-    lam = np.clip(np.linalg.eigvalsh(gram / n)[::-1], 0.0, None)
-    return lam / lam.sum()
+    return density_spectrum(torch.from_numpy(x)).numpy()
 
 
 def entropy_of_spectrum(lam: np.ndarray) -> float:
-    """Shannon entropy (nats) of eigenvalues that sum to 1 (zeros contribute nothing)."""
-    lam = lam[lam > 1e-12]
-    return float(-(lam * np.log(lam)).sum())
+    """Shannon entropy (nats) of eigenvalues that sum to 1 (zeros contribute nothing): the von
+    Neumann entropy of :func:`zoo.geometry.matrix_entropy.renyi_entropy` at α = 1, in nats."""
+    import torch
+
+    from zoo.geometry.matrix_entropy import renyi_entropy
+
+    lam = np.asarray(lam, dtype=np.float64)
+    if not (lam > 0).any():
+        return 0.0
+    return renyi_entropy(torch.from_numpy(lam), 1.0) * math.log(2)
 
 
 def vendi_score(x: np.ndarray) -> float:
