@@ -31,9 +31,10 @@ embedded edu corpus, packed windows), in ONE run on one machine, it measures:
   FLOPs of one real training step with ``torch.utils.flop_counter.FlopCounterMode``
   (matmuls, convolutions, attention) as a check of the formula (``flops_counted``).
 * **evaluation tokens/s** the way ``zoo.evaluate.score`` runs it (a ``Trainer.test`` of the
-  task: one chunked pass shared by NLL, BPB and entropy, six metrics updated and logged per
-  batch) vs a bare ``inference_mode`` forward pass over the same batches
-  (``metrics / bare`` is the cost of the metrics).
+  task: the output head run chunk by chunk with one pass shared by NLL, BPB and entropy, six
+  metrics updated per batch and logged once) vs a bare ``inference_mode`` forward pass that
+  returns the logits, over the same batches. ``metrics / bare`` is the median [min–max] of
+  the ratio over ``--eval-rounds`` paired rounds, the order alternating each round.
 * **data wait**: time spent fetching batches from the ``TextDataModule`` loader (num_workers
   as given, default 0 like the recipes) inside the timed Lightning window, as a fraction of it.
 * **peak memory** of training: on CPU the process's peak RSS (``ru_maxrss``, each
@@ -59,6 +60,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import resource
 import subprocess
 import sys
@@ -382,17 +384,31 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
             sync(device)
         return time.perf_counter() - t0
 
-    e_a = bare_eval(args.warmup, half)
-    window = Window()
-    eval_trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
-                             enable_checkpointing=False, limit_test_batches=args.warmup + args.steps,
-                             enable_model_summary=False, enable_progress_bar=False, callbacks=[window])
+    def metrics_eval() -> float:
+        """Seconds of the timed batches of a ``Trainer.test`` of the task (every metric)."""
+        window = Window()
+        eval_trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+                                 enable_checkpointing=False, limit_test_batches=args.warmup + args.steps,
+                                 enable_model_summary=False, enable_progress_bar=False, callbacks=[window])
+        eval_trainer.test(task, dataloaders=dm.eval_dataloader("val"), verbose=False)
+        return window.t1 - window.t0
+
+    # paired rounds, the order alternating: this machine's speed wanders within a minute, so
+    # the ratio is the median of per-round ratios, not a ratio of two separate medians
     task.report_stages = ["report_val"]
-    eval_trainer.test(task, dataloaders=dm.eval_dataloader("val"), verbose=False)
-    out["eval_metrics_tokens_per_s"] = args.steps * tokens_per_step / (window.t1 - window.t0)
-    e_b = bare_eval(2, args.steps - half)
-    out["eval_bare_tokens_per_s"] = args.steps * tokens_per_step / (e_a + e_b)
-    out["eval_bare_halves_tokens_per_s"] = [half * tokens_per_step / e_a, (args.steps - half) * tokens_per_step / e_b]
+    bare_s, metrics_s = [], []
+    for r in range(args.eval_rounds):
+        if r % 2 == 0:
+            bare_s.append(bare_eval(args.warmup, args.steps))
+            metrics_s.append(metrics_eval())
+        else:
+            metrics_s.append(metrics_eval())
+            bare_s.append(bare_eval(args.warmup, args.steps))
+    ratios = [b / m for b, m in zip(bare_s, metrics_s)]
+    out["eval_bare_tokens_per_s"] = args.steps * tokens_per_step / statistics.median(bare_s)
+    out["eval_metrics_tokens_per_s"] = args.steps * tokens_per_step / statistics.median(metrics_s)
+    out["eval_metrics_over_bare"] = statistics.median(ratios)
+    out["eval_metrics_over_bare_rounds"] = ratios
 
     # ---- optional: torch.compile, plain loop (warm-up time reported separately)
     if args.compile:
@@ -427,7 +443,8 @@ def table(results: list[dict], peak: float, args: argparse.Namespace) -> str:
             f"{r['flops_per_token'] / 1e9:.4f} / {r['flops_counted'] / 1e9:.4f} | {r['plain_tokens_per_s']:,.0f} | "
             f"{r['lightning_tokens_per_s']:,.0f} | {r['lightning_tokens_per_s'] / r['plain_tokens_per_s']:.3f} | "
             f"{mfu:.1%} | {r['lightning_fused_tokens_per_s']:,.0f} | {r['eval_bare_tokens_per_s']:,.0f} | {r['eval_metrics_tokens_per_s']:,.0f} | "
-            f"{r['eval_metrics_tokens_per_s'] / r['eval_bare_tokens_per_s']:.3f} | {r['data_wait']:.2%} | "
+            f"{r['eval_metrics_over_bare']:.3f} [{min(r['eval_metrics_over_bare_rounds']):.2f}–"
+            f"{max(r['eval_metrics_over_bare_rounds']):.2f}] | {r['data_wait']:.2%} | "
             f"{mib(r['peak_memory'])} | {mib(r['state_memory'])} |"
         )
     if any("plain_compiled_tokens_per_s" in r for r in results):
@@ -462,6 +479,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=15, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    p.add_argument("--eval-rounds", type=int, default=7,
+                   help="paired rounds of (bare forward, Trainer.test) for the evaluation ratio")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (32-true) or bf16 (bf16-mixed; the peak is then measured in bf16)")

@@ -34,7 +34,7 @@ from torch import nn
 
 from zoo.errors import ZooError, unknown
 from zoo.metrics import SIDE_INFO_FREE_BPB
-from zoo.models.base import count_parameters
+from zoo.models.base import OutputHead, count_parameters
 from zoo.models.vector_formats import VECTOR_FORMATS, get_vector_format
 
 WEIGHT_FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4", "fp4")
@@ -138,7 +138,7 @@ def quantize_weights(model: nn.Module, fmt: str) -> tuple[nn.Module, float]:
                     p.copy_(p.to(dtype).to(p.dtype))
         return model, 1.0
     linears = [(parent, name, child) for parent in model.modules()
-               for name, child in parent.named_children() if type(child) is nn.Linear and _fits(child, fmt)]
+               for name, child in parent.named_children() if type(child) in (nn.Linear, OutputHead) and _fits(child, fmt)]
     done = 0
     for parent, name, child in linears:
         done += child.weight.numel()

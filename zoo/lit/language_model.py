@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from zoo.metrics import language_metrics, token_stats, update_all
+from zoo.metrics import language_metrics, token_stats, token_stats_from_hidden, update_all
 from zoo.models import build_model
 from zoo.models.base import auxiliary_loss
 from zoo.monitors import log_prefix, monitors
@@ -131,8 +131,17 @@ class LanguageModelTask(L.LightningModule):
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         """Update ``stage``'s metrics; they are logged once, at the end of the stage
         (:meth:`_log_stages`): logging six metrics per batch cost Lightning more than the
-        metrics themselves on small models."""
-        stats = token_stats(self(batch), batch["labels"], batch["target_bytes"], with_entropy=True)
+        metrics themselves on small models.
+
+        The model's output head is not run by the model here but chunk by chunk with the
+        metrics (:meth:`zoo.models.LanguageModel.deferred_head`): the ``[B, T, V]`` logits
+        never exist. A model without an :class:`~zoo.models.OutputHead` gives logits."""
+        with self.model.deferred_head() as head:
+            out = self(batch)
+        if head is None:
+            stats = token_stats(out, batch["labels"], batch["target_bytes"], with_entropy=True)
+        else:
+            stats = token_stats_from_hidden(out, head, batch["labels"], batch["target_bytes"], with_entropy=True)
         update_all(self.metrics[stage], stats, n_sequences=batch["input_ids"].shape[0])
         self._scored_stages.add(stage)
 

@@ -17,6 +17,7 @@ from zoo.metrics.language import (
     TokenStats,
     language_metrics,
     token_stats,
+    token_stats_from_hidden,
     update_all,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "TokenStats",
     "language_metrics",
     "token_stats",
+    "token_stats_from_hidden",
     "update_all",
 ]

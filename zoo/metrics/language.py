@@ -36,15 +36,15 @@ since they are per rank until ``compute()``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from zoo.data.layouts import IGNORE_INDEX
-from zoo.metrics.chunked import chunked_nll
+from zoo.metrics.chunked import chunked_head_nll, chunked_nll
 
 """Label value of positions that are not scored (the ``F.cross_entropy`` default)."""
 
@@ -117,34 +117,71 @@ def token_stats(
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be [batch, time, vocab], got shape {tuple(logits.shape)}")
-    if labels.shape != logits.shape[:2]:
+    return _token_stats(logits, labels, target_bytes, compact,
+                        lambda rows, targets: chunked_nll(rows, targets, chunk_size, with_entropy))
+
+
+def token_stats_from_hidden(
+    hidden: Tensor,
+    head: nn.Module,
+    labels: Tensor,
+    target_bytes: Tensor,
+    with_entropy: bool = True,
+    chunk_size: int | None = None,
+    compact: bool = False,
+) -> TokenStats:
+    """:func:`token_stats` of the logits ``head(hidden)``, without materialising them.
+
+    The head runs on a chunk of rows at a time and each chunk is scored while in cache
+    (:func:`zoo.metrics.chunked.chunked_head_nll`); the values equal :func:`token_stats` of
+    the full logits to float32 rounding. For evaluation: nothing is differentiable, so
+    ``loss`` and ``nll`` carry no gradient. ``hidden`` is ``[B, T, d]``, what a model's
+    forward returns under :meth:`zoo.models.LanguageModel.deferred_head`; ``head`` is the
+    head that yields; the other arguments are :func:`token_stats`'s.
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden states must be [batch, time, width], got shape {tuple(hidden.shape)}")
+    return _token_stats(hidden, labels, target_bytes, compact,
+                        lambda rows, targets: chunked_head_nll(rows, head, targets, chunk_size, with_entropy))
+
+
+def _token_stats(
+    rows: Tensor,
+    labels: Tensor,
+    target_bytes: Tensor,
+    compact: bool,
+    score: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]],
+) -> TokenStats:
+    """The shared part of :func:`token_stats` and :func:`token_stats_from_hidden`: check the
+    shapes, flatten ``rows`` ``[B, T, width]`` to ``[B*T, width]``, drop unscored rows if
+    ``compact``, and ``score(rows, in-range labels) -> (nll, entropy)``."""
+    if labels.shape != rows.shape[:2]:
         raise ValueError(
-            f"labels must be [batch, time] = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
+            f"labels must be [batch, time] = {tuple(rows.shape[:2])}, got {tuple(labels.shape)}"
         )
     if target_bytes.shape != labels.shape:
         raise ValueError(
             f"target_bytes must have the shape of labels {tuple(labels.shape)}, "
             f"got {tuple(target_bytes.shape)}"
         )
-    vocab = logits.shape[-1]
-    flat_logits = logits.reshape(-1, vocab)
+    flat_rows = rows.reshape(-1, rows.shape[-1])
     flat_labels = labels.reshape(-1)
     flat_bytes = target_bytes.reshape(-1).to(torch.int64)
     valid = flat_labels != IGNORE_INDEX
 
     if compact:
         # Boolean indexing: the host must learn how many rows survive (one sync).
-        rows = valid.nonzero().squeeze(-1)
-        flat_logits = flat_logits.index_select(0, rows)
-        flat_labels = flat_labels.index_select(0, rows)
-        flat_bytes = flat_bytes.index_select(0, rows)
+        keep = valid.nonzero().squeeze(-1)
+        flat_rows = flat_rows.index_select(0, keep)
+        flat_labels = flat_labels.index_select(0, keep)
+        flat_bytes = flat_bytes.index_select(0, keep)
         valid = torch.ones_like(flat_labels, dtype=torch.bool)
 
     # Unscored labels (-100) are replaced by a harmless in-range index and their NLL zeroed
     # afterwards; torch.where gives those rows a zero gradient.
     safe_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
-    # one chunked pass, training or evaluation: NLL (differentiable) and the entropy
-    nll, entropy = chunked_nll(flat_logits, safe_labels, chunk_size, with_entropy)
+    # one chunked pass: NLL (differentiable, from logits) and the entropy
+    nll, entropy = score(flat_rows, safe_labels)
     nll = torch.where(valid, nll, torch.zeros_like(nll))
 
     n_tokens = valid.sum()

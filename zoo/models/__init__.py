@@ -29,6 +29,7 @@ import zoo.models.mixer  # noqa: F401
 from zoo.errors import ZooError, did_you_mean
 from zoo.models.base import (
     LanguageModel,
+    OutputHead,
     count_parameters,
     describe_family,
     family_class,
@@ -47,7 +48,7 @@ from zoo.schema import _check_model_sizes, check_value
 MIN_MODEL_VOCAB = 2
 
 __all__ = [
-    "MIN_MODEL_VOCAB", "LanguageModel", "build_model", "count_parameters", "describe_family", "family_class", "family_of",
+    "MIN_MODEL_VOCAB", "LanguageModel", "OutputHead", "build_model", "count_parameters", "describe_family", "family_class", "family_of",
     "family_options", "list_families", "parameter_counts", "register_model",
 ]
 

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.data.layouts import IGNORE_INDEX
-from zoo.models.base import LanguageModel, register_model
+from zoo.models.base import LanguageModel, OutputHead, register_model
 from zoo.models.blocks import build_stack
 from zoo.models.noise import UniformNoise
 from zoo.models.vector_formats import get_vector_format, store_vector
@@ -149,7 +149,7 @@ class EncoderAugmentedDecoder(LanguageModel):
         if injection in ("token", "additive"):
             self.up = nn.Linear(self.d_c, d_dec)
         self.decoder = build_stack(decoder, n_ctx + 1 if injection == "token" else n_ctx, width=width)
-        self.head = nn.Linear(width, vocab_size, bias=False)
+        self.head = OutputHead(width, vocab_size, bias=False)
         self.block_classes = tuple(dict.fromkeys((*self.encoder.block_classes, *self.decoder.block_classes)))
         # each embedding at the scale its stack expects (mixer N(0, 1), Llama N(0, 0.02))
         nn.init.normal_(self.enc_embed.weight, std=self.encoder.embedding_std)

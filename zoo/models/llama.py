@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from zoo.models.base import LanguageModel, register_model
+from zoo.models.base import LanguageModel, OutputHead, register_model
 from zoo.models.llama_stack import (
     CachedDecoder,
     LlamaBlock,
@@ -114,7 +114,7 @@ class CausalTransformer(LanguageModel):
         self.embed_tokens = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
         self.stack = LlamaStack(n_ctx, d_model, n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff,
                                 rope_theta=rope_theta, dropout=dropout, init_std=init_std, moe=moe)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.lm_head = OutputHead(d_model, vocab_size, bias=False)
         init_llama_weights(self.embed_tokens, init_std)
         init_llama_weights(self.lm_head, init_std)
         if tie_embeddings:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo.models.base import LanguageModel, register_model
+from zoo.models.base import LanguageModel, OutputHead, register_model
 from zoo.models.blocks import MixerBlock, MixerStack
 
 
@@ -48,7 +48,7 @@ class MaskedMixerLM(LanguageModel):
         self.embed = nn.Embedding(vocab_size, d_model)
         self.stack = MixerStack(n_ctx, d_model, n_layers, kernel=kernel, heads=heads, moe=moe)
         nn.init.normal_(self.embed.weight, std=self.stack.embedding_std if init_std is None else init_std)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head = OutputHead(d_model, vocab_size, bias=False)
         if tie_embeddings:
             self.head.weight = self.embed.weight
 
