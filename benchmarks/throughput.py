@@ -60,8 +60,8 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -404,7 +404,7 @@ def run_one(family: str, d: int, args: argparse.Namespace) -> dict[str, Any]:
         else:
             metrics_s.append(metrics_eval())
             bare_s.append(bare_eval(args.warmup, args.steps))
-    ratios = [b / m for b, m in zip(bare_s, metrics_s)]
+    ratios = [b / m for b, m in zip(bare_s, metrics_s, strict=True)]
     out["eval_bare_tokens_per_s"] = args.steps * tokens_per_step / statistics.median(bare_s)
     out["eval_metrics_tokens_per_s"] = args.steps * tokens_per_step / statistics.median(metrics_s)
     out["eval_metrics_over_bare"] = statistics.median(ratios)
