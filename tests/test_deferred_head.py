@@ -63,6 +63,28 @@ def test_chunked_head_equals_scoring_the_full_logits(with_bias: bool, chunk: int
     torch.testing.assert_close(only_nll, want_nll)
 
 
+def test_rows_beyond_float32_exponent_range_are_scored_exactly() -> None:
+    """The CPU scores chunks in base 2 without a max shift; a row whose sum of 2^x overflows
+    (a logit above 88) or underflows (every logit below -103) is scored again with the shift."""
+    torch.manual_seed(2)
+    head = OutputHead(8, 30)
+    hidden = torch.randn(12, 8)
+    with torch.no_grad():
+        head.weight.mul_(4)
+        head.bias.zero_()
+        hidden[3] *= 40  # logits of several hundred
+        head_logits = head(hidden)
+        hidden[7] = 0.0
+        head.bias.fill_(-120.0)  # row 7: every logit -120
+        head.bias[5] = -110.0
+        labels = torch.randint(0, 30, (12,))
+        want_nll, want_entropy = chunked_nll(head(hidden), labels, 5, with_entropy=True)
+        nll, entropy = chunked_head_nll(hidden, head, labels, 5, with_entropy=True)
+    assert head_logits[3].abs().max() > 100 and torch.isfinite(nll).all() and torch.isfinite(entropy).all()
+    torch.testing.assert_close(nll, want_nll)
+    torch.testing.assert_close(entropy, want_entropy, rtol=1e-5, atol=1e-5)
+
+
 def test_any_row_wise_head_works_and_autocast_is_respected() -> None:
     """A plain nn.Linear (no buffer to write into) gives the same numbers; under bf16
     autocast the head computes what the model's own forward would (bf16 logits)."""

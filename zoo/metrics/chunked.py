@@ -217,17 +217,54 @@ def chunked_head_nll(
     nll, entropy = torch.empty_like(lse), (torch.empty_like(lse) if with_entropy else None)
     if n == 0:
         return nll, entropy
-    count = 2 if with_entropy else 1
-    buffers = _chunk_buffers(min(chunk_size, n), vocab, dtype, hidden.device, count)
+    buffers = _chunk_buffers(min(chunk_size, n), vocab, dtype, hidden.device, 2)
     # a head that writes into a buffer (zoo.models.OutputHead.logits_into) writes each chunk's
-    # logits into the first one, where they are shifted in place: no [rows, V] tensor is new
+    # logits, already times log2(e), into the first one: no [rows, V] tensor is new, and on
+    # CPU the chunk is scored in base 2 without a max-shift pass (_score_chunk_base2)
     logits_into = getattr(head, "logits_into", None)
+    base2 = hidden.device.type == "cpu"
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
-        x = None if logits_into is None else logits_into(hidden[start:stop], buffers[0])
+        outputs = (lse[start:stop], nll[start:stop], None if entropy is None else entropy[start:stop])
+        x = None if logits_into is None else logits_into(hidden[start:stop], buffers[0], LOG2E if base2 else 1.0)
         if x is None:  # another head, or autocast: the head's own forward
             logits_into = None
             x = head(hidden[start:stop])
-        _score_chunk(x, labels[start:stop], buffers[0], buffers[1] if with_entropy else None,
-                     lse[start:stop], nll[start:stop], None if entropy is None else entropy[start:stop])
+            _score_chunk(x, labels[start:stop], buffers[0], buffers[1] if with_entropy else None, *outputs)
+        elif base2:
+            _score_chunk_base2(x, labels[start:stop], buffers[1], *outputs)
+        else:
+            _score_chunk(x, labels[start:stop], buffers[0], buffers[1] if with_entropy else None, *outputs)
     return nll, entropy
+
+
+def _score_chunk_base2(x2: Tensor, labels: Tensor, probs_buf: Tensor,
+                       lse: Tensor, nll: Tensor, entropy: Tensor | None) -> None:
+    """:func:`_score_chunk` for logits already in base 2 (``x2 = x log2 e``; ``probs_buf`` scratch),
+    without the max shift: ``S = sum 2^x2``, ``lse = ln 2 log2 S``, ``nll = lse - x[label]``
+    and ``H = ln 2 (log2 S - sum 2^x2 x2 / S)``. It saves two of the chunk's passes (the max
+    and the shift); a row whose ``S`` overflows or underflows (a logit above 88, or all below
+    -103) is scored again by the shifted :func:`_score_chunk`. Reading whether there is such
+    a row is a host sync on an accelerator, so only the CPU takes this path."""
+    rows = x2.shape[0]
+    picked = x2.gather(1, labels[:, None]).squeeze(1)
+    exp = torch.exp2(x2, out=probs_buf[:rows])
+    total = exp.sum(-1)
+    log2_total = total.log2()
+    torch.mul(log2_total, LN2, out=lse)
+    torch.sub(log2_total, picked, out=nll).mul_(LN2)
+    if entropy is not None:
+        # nansum: a -inf logit gives 0 * -inf = NaN, and 0 log 0 is 0
+        torch.sub(log2_total, exp.mul_(x2).nansum(-1).div_(total), out=entropy).mul_(LN2)
+    bad = ~(torch.isfinite(total) & (total > 0))
+    if bad.any():
+        idx = bad.nonzero().squeeze(1)
+        x = x2.index_select(0, idx).div_(LOG2E)  # back to natural logits (exp is used up)
+        vocab = x.shape[1]
+        scratch = [torch.empty(len(idx), vocab, dtype=x.dtype, device=x.device) for _ in range(2)]
+        fixed = [torch.empty(len(idx), dtype=x.dtype, device=x.device) for _ in range(3)]
+        _score_chunk(x, labels.index_select(0, idx), scratch[0], scratch[1] if entropy is not None else None,
+                     fixed[0], fixed[1], fixed[2] if entropy is not None else None)
+        lse[idx], nll[idx] = fixed[0], fixed[1]
+        if entropy is not None:
+            entropy[idx] = fixed[2]

@@ -121,19 +121,20 @@ class OutputHead(nn.Linear):
             return hidden
         return super().forward(hidden)
 
-    def logits_into(self, hidden: Tensor, out: Tensor) -> Tensor | None:
-        """``self(hidden)`` for ``[R, d]`` rows, written into ``out`` ``[>= R, V]`` (returns
-        the ``[R, V]`` view), or ``None`` where that would not be what :meth:`forward` computes
-        (autocast, or dtypes that differ). Reusing one buffer matters on CPU: a fresh
-        megabytes-large tensor per chunk costs more in page faults than its matmul."""
+    def logits_into(self, hidden: Tensor, out: Tensor, scale: float = 1.0) -> Tensor | None:
+        """``scale * self(hidden)`` for ``[R, d]`` rows, written into ``out`` ``[>= R, V]``
+        (returns the ``[R, V]`` view), or ``None`` where that would not be what :meth:`forward`
+        computes (autocast, or dtypes that differ). Reusing one buffer matters on CPU: a fresh
+        megabytes-large tensor per chunk costs more in page faults than its matmul. The scale
+        is applied inside the matmul (``addmm``'s ``alpha``), at no cost."""
         weight = self.weight
         if (torch.is_autocast_enabled(hidden.device.type) or hidden.dtype != weight.dtype
                 or out.dtype != weight.dtype or out.device != hidden.device):
             return None
         rows = out[: hidden.shape[0]]
         if self.bias is None:
-            return torch.matmul(hidden, weight.t(), out=rows)
-        return torch.addmm(self.bias, hidden, weight.t(), out=rows)
+            return rows.addmm_(hidden, weight.t(), beta=0, alpha=scale)
+        return torch.addmm(self.bias, hidden, weight.t(), beta=scale, alpha=scale, out=rows)
 
 
 class LanguageModel(nn.Module):
