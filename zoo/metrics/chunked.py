@@ -12,6 +12,10 @@ chunk-sized temporaries exist.
 The same pass can also give the predictive entropy (no gradient), so evaluation and training
 that wants the entropy read the logits once.
 
+Evaluation goes one step further (:func:`chunked_head_nll`): it is given the hidden states
+and the output head instead of the logits, computes the logits of one chunk of rows at a
+time into a reused buffer and scores them there, so the ``[N, V]`` logits never exist.
+
 Math is in float32 per chunk whatever the logits' dtype (float64 stays float64, which is what
 ``torch.autograd.gradcheck`` needs).
 """

@@ -232,12 +232,13 @@ class LanguageModel(nn.Module):
         """The model's output layer when the shared evaluation may run it itself: the one
         :class:`OutputHead` among the model's direct children, row-wise (logits of a row
         depend on that row's hidden state only) and last (its output is the model's).
-        ``None`` when there is none, several, or its weight is sharded (FSDP: only the
-        model's own forward may gather it); the caller then uses the logits."""
+        ``None`` when there is none, several, or its weight is sharded (FSDP2's DTensors, or
+        FSDP1's empty views outside a forward: only the model's own forward may gather them);
+        the caller then uses the logits."""
         heads = [m for m in self.children() if isinstance(m, OutputHead)]
         if len(heads) != 1:
             return None
-        if any(type(p).__name__ == "DTensor" for p in heads[0].parameters()):
+        if any(type(p).__name__ == "DTensor" or p.numel() == 0 for p in heads[0].parameters()):
             return None
         return heads[0]
 
