@@ -231,11 +231,10 @@ def chunked_head_nll(
         stop = min(start + chunk_size, n)
         outputs = (lse[start:stop], nll[start:stop], None if entropy is None else entropy[start:stop])
         x = None if logits_into is None else logits_into(hidden[start:stop], buffers[0], LOG2E if base2 else 1.0)
-        if x is None:  # another head, or autocast: the head's own forward
+        if x is None:  # another head, or autocast: the head's own forward, natural logits
             logits_into = None
             x = head(hidden[start:stop])
-            _score_chunk(x, labels[start:stop], buffers[0], buffers[1] if with_entropy else None, *outputs)
-        elif base2:
+        if logits_into is not None and base2:
             _score_chunk_base2(x, labels[start:stop], buffers[1], *outputs)
         else:
             _score_chunk(x, labels[start:stop], buffers[0], buffers[1] if with_entropy else None, *outputs)
