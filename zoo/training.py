@@ -33,7 +33,7 @@ from zoo.callbacks import (
     SaveOnInterrupt,
     remove_stale_temporaries,
 )
-from zoo.compression import compressed_bits_per_byte
+from zoo.compression import COMPRESSOR_LABELS, compressed_bits_per_byte
 from zoo.data.datamodule import TextDataModule
 from zoo.data.tokenizer import tokenizer_fingerprint
 from zoo.errors import ZooError, did_you_mean
@@ -423,9 +423,9 @@ def build_report(dm: TextDataModule, splits: Sequence[str], metrics: Mapping[str
 def format_report(report: Mapping[str, Any]) -> str:
     """The final table: model BPB beside the compressors on each split."""
     rows = report["splits"]
-    comp = [c for c in ("gzip", "bz2", "xz") if any(c in r for r in rows.values())]
+    comp = [c for c in COMPRESSOR_LABELS if any(c in r for r in rows.values())]
     head = f"{'split':6s} {'BPB':>7s} {'CE nats':>8s} {'PPL':>8s} {'H bits':>7s} " + " ".join(
-        f"{c + ' -9':>8s}" for c in comp
+        f"{COMPRESSOR_LABELS[c]:>8s}" for c in comp
     )
     lines = ["", "bits per byte (model vs classical compressors on the same text)", head, "-" * len(head)]
     for split, r in rows.items():

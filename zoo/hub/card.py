@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from zoo.compression import COMPRESSOR_LABELS
 from zoo.errors import ZooError
 from zoo.hub.checksums import CHECKSUMS
 from zoo.hub.manifest import MANIFEST, checkpoints_dir
@@ -94,14 +95,15 @@ def render_card(card: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
         ]
     lines += ["## Metrics (measured by `zoo.evaluate` on the published weights)", ""]
     has_free = any("bpb_free_vector" in r for r in card["eval"].values())
+    compressors = [c for c in COMPRESSOR_LABELS if any(c in r for r in card["eval"].values())]
     head = "| data / split | BPB |" + (" BPB, vector free |" if has_free else "") + \
-        " CE nats/token | H bits/token | tokens | bytes | gzip -9 | bz2 -9 | xz -9 |"
+        " CE nats/token | H bits/token | tokens | bytes |" + "".join(f" {COMPRESSOR_LABELS[c]} |" for c in compressors)
     lines += [head, "|---" * (head.count("|") - 1) + "|"]
     for data, r in card["eval"].items():
         lines.append(
             f"| {data} / val | {_fmt(r['bpb'])} |" + (f" {_fmt(r.get('bpb_free_vector'))} |" if has_free else "")
             + f" {_fmt(r.get('ce'))} | {_fmt(r.get('entropy'), 3)} | {_fmt(r.get('tokens'))} | {_fmt(r.get('bytes'))} |"
-            f" {_fmt(r.get('gzip'))} | {_fmt(r.get('bz2'))} | {_fmt(r.get('xz'))} |"
+            + "".join(f" {_fmt(r.get(c))} |" for c in compressors)
         )
     lines += [
         "",

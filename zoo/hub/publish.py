@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import yaml
 
+from zoo.compression import COMPRESSORS
 from zoo.errors import ZooError, unknown
 from zoo.hub.card import CARD, readme_table, render_card, write_zoo_page, zoo_table
 from zoo.hub.checksums import sha256, write_checksums
@@ -215,7 +216,7 @@ def _eval(folder: Path, data: str | None, max_batches: int | None = None) -> dic
     t0 = time.perf_counter()
     row = evaluate(folder, split="val", data=override, max_batches=max_batches, accelerator="cpu")
     keep = ("bpb", "bpb_free_vector", "ce", "ppl", "entropy", "entropy_bpb", "tokens", "bytes",
-            "bytes_per_token", "gzip", "bz2", "xz")
+            "bytes_per_token", *COMPRESSORS)
     out = {k: row[k] for k in keep if k in row}
     out.update(data=data or "+".join(row.get("sources", [])), split="val", seconds=round(time.perf_counter() - t0, 1))
     if max_batches is not None:

@@ -29,6 +29,10 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from zoo.metrics.fused import CHUNK_ELEMENTS as FUSED_CHUNK_ELEMENTS
+from zoo.metrics.fused import fused_base2_scores
+from zoo.metrics.fused import usable as fused_usable
+
 LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
 
@@ -206,13 +210,16 @@ def chunked_head_nll(
         hidden: ``[N, d]`` hidden states, the head's input.
         head: the module that turns them into logits.
         labels: ``[N]`` int64 target ids, each in ``[0, V)``.
-        chunk_size: rows per chunk (default :func:`rows_per_chunk` of the head's output width).
+        chunk_size: rows per chunk (default: :data:`zoo.metrics.fused.CHUNK_ELEMENTS` elements
+            where the compiled kernel scores them, else :func:`rows_per_chunk` of the head's width).
         with_entropy: also return the per-row entropy in nats.
     """
     if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
         raise ValueError(f"need hidden [N, d] and labels [N], got {tuple(hidden.shape)} and {tuple(labels.shape)}")
     vocab = getattr(head, "out_features", None) or head(hidden[:1]).shape[-1]
-    chunk_size = rows_per_chunk(vocab, hidden.device) if chunk_size is None else chunk_size
+    if chunk_size is None:  # the compiled kernel takes bigger chunks than the eager passes
+        fused = fused_usable(hidden.device, _math_dtype(hidden.dtype))
+        chunk_size = max(1, FUSED_CHUNK_ELEMENTS // vocab) if fused else rows_per_chunk(vocab, hidden.device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
     n = hidden.shape[0]
@@ -250,15 +257,23 @@ def _score_chunk_base2(x2: Tensor, labels: Tensor, probs_buf: Tensor,
     -103) is scored again by the shifted :func:`_score_chunk`. Reading whether there is such
     a row is a host sync on an accelerator, so only the CPU takes this path."""
     rows = x2.shape[0]
-    picked = x2.gather(1, labels[:, None]).squeeze(1)
-    exp = torch.exp2(x2, out=probs_buf[:rows])
-    total = exp.sum(-1)
-    log2_total = total.log2()
-    torch.mul(log2_total, LN2, out=lse)
-    torch.sub(log2_total, picked, out=nll).mul_(LN2)
-    if entropy is not None:
-        # nansum: a -inf logit gives 0 * -inf = NaN, and 0 log 0 is 0
-        torch.sub(log2_total, exp.mul_(x2).nansum(-1).div_(total), out=entropy).mul_(LN2)
+    fused = fused_base2_scores(x2, labels)
+    if fused is not None:  # one compiled pass (zoo.metrics.fused)
+        lse.copy_(fused[0])
+        nll.copy_(fused[1])
+        if entropy is not None:
+            entropy.copy_(fused[2])
+        total = fused[3]
+    else:  # the same math in eager passes, the exponentials in the reused buffer
+        picked = x2.gather(1, labels[:, None]).squeeze(1)
+        exp = torch.exp2(x2, out=probs_buf[:rows])
+        total = exp.sum(-1)
+        log2_total = total.log2()
+        torch.mul(log2_total, LN2, out=lse)
+        torch.sub(log2_total, picked, out=nll).mul_(LN2)
+        if entropy is not None:
+            # nansum: a -inf logit gives 0 * -inf = NaN, and 0 log 0 is 0
+            torch.sub(log2_total, exp.mul_(x2).nansum(-1).div_(total), out=entropy).mul_(LN2)
     bad = ~(torch.isfinite(total) & (total > 0))
     if bad.any():
         idx = bad.nonzero().squeeze(1)

