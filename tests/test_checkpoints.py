@@ -4,6 +4,8 @@ table in docs/zoo.md and README.md: tests/test_zoo_table.py.)"""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -70,11 +72,13 @@ def test_fine_tune_from_a_published_name(name, cache_dir, tmp_path) -> None:
 
 def test_publish_pipeline_on_a_tiny_model(edu_dm, cache_dir, tmp_path, monkeypatch) -> None:
     """python -m zoo.publish end to end on a tiny random mixer (eval on edu only, to stay fast):
-    bf16 decision, card with the rebuilt command, manifest, the zoo page, recard."""
+    bf16 decision, card with the rebuilt command, manifest, the zoo page, recard, recompress."""
     from omegaconf import OmegaConf
 
+    from zoo.errors import ZooError
+    from zoo.hub.checksums import write_checksums
     from zoo.hub.folder import save_pretrained
-    from zoo.hub.publish import publish, recard, update_zoo_page
+    from zoo.hub.publish import publish, recard, recompress, update_zoo_page
     from zoo.models import build_model
     from zoo.recipes import compose
 
@@ -108,3 +112,23 @@ def test_publish_pipeline_on_a_tiny_model(edu_dm, cache_dir, tmp_path, monkeypat
     model2, _ = zoo.load("tiny-edu")
     assert torch.allclose(model2.embed.weight, model.embed.weight.to(torch.bfloat16).float()
                           if card["weights"] == "bfloat16" else model.embed.weight)
+    # a card from before zstd and PPMd: recompress scores the model again and adds them
+    assert {"gzip", "bz2", "xz", "zstd", "ppmd"} <= set(card["eval"]["edu"])  # published now: all five
+    metrics_path = folder / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    full = dict(metrics["card"]["eval"]["edu"])
+    for c in ("zstd", "ppmd"):
+        del metrics["card"]["eval"]["edu"][c]
+    metrics_path.write_text(json.dumps(metrics))
+    write_checksums(folder)  # as such a card was published
+    recompress("tiny-edu", table=False, log=lambda *_: None)
+    again = read_card(folder)["eval"]["edu"]
+    assert again == pytest.approx(full) and "PPMd -o8" in (folder / "card.md").read_text()
+    verify_manifest("tiny-edu")
+    metrics = json.loads(metrics_path.read_text())
+    metrics["card"]["eval"]["edu"]["bpb"] += 0.01  # a card that does not reproduce is left alone
+    metrics_path.write_text(json.dumps(metrics))
+    write_checksums(folder)
+    with pytest.raises(ZooError, match="does not reproduce, nothing written"):
+        recompress("tiny-edu", table=False, log=lambda *_: None)
+    assert json.loads(metrics_path.read_text()) == metrics

@@ -17,6 +17,7 @@ Usage (all ``key=value``):
   python -m zoo.publish table                   # only regenerate docs/zoo.md
   python -m zoo.publish verify                  # check every published folder against the manifest
   python -m zoo.publish recard [NAME ...]       # re-render cards from metrics.json (no re-evaluation)
+  python -m zoo.publish recompress [NAME ...]   # score again, add the compressors a card lacks
 
 Options:
   run=PATH           a run folder (runs/NAME/<time>: its model/ is published) or a model folder;
@@ -51,6 +52,7 @@ def _main(argv: list[str]) -> None:
         PRECISIONS,
         publish,
         recard,
+        recompress,
         update_zoo_page,
         verify_all,
     )
@@ -59,15 +61,17 @@ def _main(argv: list[str]) -> None:
     if argv == ["table"]:
         update_zoo_page()
         return
-    if argv and argv[0] == "recard":
-        for name in argv[1:] or read_manifest()["models"]:
-            recard(name)
+    if argv and argv[0] in ("recard", "recompress"):
+        redo = recard if argv[0] == "recard" else recompress
+        names = argv[1:] or list(read_manifest()["models"])
+        for name in names:
+            redo(name, table=name == names[-1])
         return
     if argv == ["verify"]:
         raise SystemExit(1 if verify_all() else 0)
     bad = [a for a in argv if "=" not in a]
     if bad:
-        raise ZooError(f"arguments are key=value (or one of: table, verify, recard); got {bad[0]!r}")
+        raise ZooError(f"arguments are key=value (or one of: table, verify, recard, recompress); got {bad[0]!r}")
     args = key_values(argv, OPTIONS, empty_ok=("description", "precision_reason"))
     if "name" not in args:
         raise ZooError("name=NAME is required (the published name, e.g. name=mixer-edu)")

@@ -179,9 +179,9 @@ def zoo_table(root: Path | None = None, link_prefix: str = "checkpoints/") -> st
     root = root or checkpoints_dir()
     cards = [read_card(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / CARD).is_file()] \
         if root.is_dir() else []
-    head = ("| model | family | parameters | trained on | val BPB edu | xz -9 edu | val BPB math | xz -9 math "
-            "| weights | size |")
-    lines = [head, "|---|---|---:|---|---:|---:|---:|---:|---|---:|"]
+    head = ("| model | family | parameters | trained on | val BPB edu | xz -9 edu | PPMd edu | val BPB math "
+            "| xz -9 math | PPMd math | weights | size |")
+    lines = [head, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     starred: list[str] = []  # families with a vector-free BPB in the table
 
     def cell(card: Mapping[str, Any], row: Mapping[str, Any] | None, key: str) -> str:
@@ -197,11 +197,12 @@ def zoo_table(root: Path | None = None, link_prefix: str = "checkpoints/") -> st
         ev = c.get("eval", {})
         lines.append(
             f"| [`{c['name']}`]({link_prefix}{c['name']}/card.md) | {c['family']} | {c['parameters']:,} | {c['data']} "
-            f"| {cell(c, ev.get('edu'), 'bpb')} | {cell(c, ev.get('edu'), 'xz')} | {cell(c, ev.get('math'), 'bpb')} "
-            f"| {cell(c, ev.get('math'), 'xz')} | {c['weights']} | {c['file_bytes'] / 1e6:.1f} MB |"
+            f"| {cell(c, ev.get('edu'), 'bpb')} | {cell(c, ev.get('edu'), 'xz')} | {cell(c, ev.get('edu'), 'ppmd')} "
+            f"| {cell(c, ev.get('math'), 'bpb')} | {cell(c, ev.get('math'), 'xz')} | {cell(c, ev.get('math'), 'ppmd')} "
+            f"| {c['weights']} | {c['file_bytes'] / 1e6:.1f} MB |"
         )
     if not cards:
-        lines.append("| (none published yet) | | | | | | | | | |")
+        lines.append("| (none published yet) | | | | | | | | | | | |")
     if starred:
         notes = ["\\* in parentheses: BPB without the side information the model gets for free per sequence "
                  "(`bpb_free_vector`)."]
@@ -211,7 +212,7 @@ def zoo_table(root: Path | None = None, link_prefix: str = "checkpoints/") -> st
             window = "/".join(str(n) for n in padded)
             notes.append(f"Models with layout `left_padded` score one document per {window}-token window, so on "
                          f"`math`, whose solutions are longer, they score only each document's first {window} "
-                         "tokens; their `xz -9` column compresses the same scored text (the cards give the bytes "
+                         "tokens; their `xz -9` and PPMd columns compress the same scored text (the cards give the bytes "
                          "scored).")
         lines += ["", " ".join(notes)]
     return "\n".join(lines)
@@ -227,8 +228,8 @@ def zoo_page(root: Path | None = None) -> str:
     root = root or checkpoints_dir()
     return (f"{ZOO_PAGE_HEADER}\n\n# Model zoo\n\n"
             f"Every published model of `{root.name}/`, from its `card.md`. Val BPB is measured by `zoo.evaluate` on "
-            "the val split of `edu` and of `math`, each with the model's own tokenizer, beside `xz -9` on the same "
-            "text.\n\n" + zoo_table(root, link_prefix=f"../{root.name}/") + "\n")
+            "the val split of `edu` and of `math`, each with the model's own tokenizer, beside `xz -9` and PPMd "
+            "(order 8) on the same text.\n\n" + zoo_table(root, link_prefix=f"../{root.name}/") + "\n")
 
 
 def write_zoo_page(root: Path | None = None) -> Path:

@@ -376,12 +376,8 @@ def recard(name: str, table: bool = True, log: Any = print) -> dict[str, Any]:
     """Re-render ``checkpoints/NAME/card.md`` from its ``metrics.json`` (no re-evaluation: the
     weights and measured numbers stay), refresh the training-command note, the checksums, the
     manifest entry and the zoo page. For card-format changes."""
-    root = checkpoints_dir()
-    folder = root / name
-    metrics = _read_json(folder / METRICS)
-    if not metrics or "card" not in metrics:
-        raise ZooError(f"{folder} has no {METRICS} with a card; publish it with run=... instead")
-    card = dict(metrics["card"])
+    folder, metrics = _published(name)
+    root, card = folder.parent, dict(metrics["card"])
     spec = yaml.safe_load((folder / "config.yaml").read_text())
     run_dir = Path(card["run"]) if card.get("run") and Path(card["run"]).is_dir() else None
     card["command"], note = fit_command(dict(spec.get("run") or {}), run_dir)
@@ -391,14 +387,55 @@ def recard(name: str, table: bool = True, log: Any = print) -> dict[str, Any]:
     if card.get("run"):
         card["run"] = _relative(Path(card["run"]))
     metrics["card"] = card
-    (folder / METRICS).write_text(json.dumps(metrics, indent=1))
-    (folder / CARD).write_text(render_card(card, spec))
-    write_checksums(folder)
-    _install(folder, root, name, card)
+    _rewrite(folder, metrics, spec, log)
     log(f"re-rendered {folder / CARD}")
     if table:
         update_zoo_page(root, log)
     return card
+
+
+def recompress(name: str, table: bool = True, log: Any = print) -> dict[str, Any]:
+    """Score ``checkpoints/NAME`` again on each data group of its card and add to every row the
+    classical compressors it lacks (:data:`zoo.compression.COMPRESSORS`), on the same scored
+    text. The model's own numbers must come out as the card has them (BPB within
+    :data:`CHECK_TOLERANCE`, the same tokens and bytes), or nothing is written; the weights
+    and every number already on the card stay. For cards published before zstd and PPMd."""
+    folder, metrics = _published(name)
+    root, card = folder.parent, dict(metrics["card"])
+    rows = {}
+    for data, old in card["eval"].items():
+        new = _eval(folder, data)
+        if (abs(new["bpb"] - old["bpb"]) > CHECK_TOLERANCE or new.get("tokens") != old.get("tokens")
+                or new.get("bytes") != old.get("bytes")):
+            raise ZooError(f"{name}: {data}/val scores BPB {new['bpb']:.6f} on {new.get('bytes')} bytes, the card "
+                           f"{old['bpb']:.6f} on {old.get('bytes')}: the card does not reproduce, nothing written")
+        rows[data] = {**old, **{c: new[c] for c in COMPRESSORS if c not in old}}
+        log(f"  {data}/val: BPB {new['bpb']:.4f} (card {old['bpb']:.4f}); "
+            + ", ".join(f"{c} {rows[data][c]:.4f}" for c in COMPRESSORS))
+    card["eval"] = rows
+    metrics["card"] = card
+    _rewrite(folder, metrics, yaml.safe_load((folder / "config.yaml").read_text()), log)
+    log(f"added the compressors to {folder / CARD}")
+    if table:
+        update_zoo_page(root, log)
+    return card
+
+
+def _published(name: str) -> tuple[Path, dict[str, Any]]:
+    """``checkpoints/NAME`` and its metrics.json (which holds the card)."""
+    folder = checkpoints_dir() / name
+    metrics = _read_json(folder / METRICS)
+    if not metrics or "card" not in metrics:
+        raise ZooError(f"{folder} has no {METRICS} with a card; publish it with run=... instead")
+    return folder, metrics
+
+
+def _rewrite(folder: Path, metrics: Mapping[str, Any], spec: Mapping[str, Any], log: Any) -> None:
+    """Write a published folder's metrics.json and card.md, its checksums and its manifest entry."""
+    (folder / METRICS).write_text(json.dumps(metrics, indent=1))
+    (folder / CARD).write_text(render_card(metrics["card"], spec))
+    write_checksums(folder)
+    _install(folder, folder.parent, folder.name, metrics["card"])
 
 
 def _relative(path: Path) -> str:
