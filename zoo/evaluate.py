@@ -2,7 +2,8 @@
 
 Scores one split of a data source with a Lightning ``.ckpt`` or an exported model folder and
 reports bits per byte, cross-entropy, perplexity, predictive entropy, the tokens and bytes
-counted, and the same text's bits per byte under ``gzip -9``, ``bz2 -9`` and ``xz -9``.
+counted, and the same text's bits per byte under ``gzip -9``, ``bz2 -9``, ``xz -9``,
+``zstd -22`` and PPMd (order 8).
 
 Options (all ``key=value``):
   checkpoint=PATH    a .ckpt from zoo.fit, or a model folder (model.safetensors + config.yaml)

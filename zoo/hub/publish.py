@@ -3,7 +3,7 @@
 Copies a run's exported model into ``checkpoints/NAME/``, stores the weights in bfloat16
 when that keeps val BPB within ``bf16_tolerance`` (0.002) of float32 (else float32),
 evaluates it with :func:`zoo.evaluate.evaluate` on the val split of each data source in
-``eval`` (with the model's own tokenizer, beside ``gzip``/``bz2``/``xz -9`` of the same
+``eval`` (with the model's own tokenizer, beside the five classical compressors on the same
 text), writes ``card.md`` (:mod:`zoo.hub.card`: how it was trained, the exact
 ``python -m zoo.fit`` command, data, parameters, the metrics, dates, machine) and
 ``metrics.json``, rewrites the folder's ``sha256.json``, records every file's sha256 in
