@@ -92,11 +92,14 @@ class BibleSource(Source):
     def _all_documents(self) -> Iterator[str]:
         return (doc for _, doc in self._keyed())
 
+    @functools.cached_property
+    def _key_of(self) -> dict[str, str]:
+        """Each chapter's heading -> its ``book:chapter`` key."""
+        return {doc.partition("\n")[0]: key for key, doc in self._keyed()}
+
     def _split(self, text: str) -> str:
         """By book and chapter number: one chapter, one split, in every translation (whose
         book names differ: "Song of Solomon" in the KJV is "Song of Songs" in the WEB)."""
-        if not hasattr(self, "_key_of"):
-            self._key_of = {doc.partition("\n")[0]: key for key, doc in self._keyed()}
         key = self._key_of[text.partition("\n")[0]]
         return split_of(key, self.val_fraction, self.test_fraction, self.split_salt)
 

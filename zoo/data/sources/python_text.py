@@ -102,10 +102,16 @@ def _documents(packages: tuple[str, ...], content: str, min_chars: int, source: 
     return _unique(texts, min_chars)
 
 
+@functools.lru_cache(maxsize=1)
+def _distributions() -> Mapping[str, list[str]]:
+    """Importable package -> its distributions (one scan of site-packages per process)."""
+    return importlib.metadata.packages_distributions()
+
+
 def _version(package: str) -> str:
     if package == STDLIB:
         return f"python {platform.python_version()}"
-    dists = importlib.metadata.packages_distributions().get(package) or [package]
+    dists = _distributions().get(package) or [package]
     try:
         return f"{dists[0]}=={importlib.metadata.version(dists[0])}"
     except importlib.metadata.PackageNotFoundError:
