@@ -133,7 +133,7 @@ def assert_same_training(a: dict, b: dict) -> None:
 def test_single_process_checkpoint_resumes_under_ddp(tmp_path, cache_dir) -> None:
     """One process (batch 8) stopped by SIGTERM mid-run, resumed on two (batch 4 each), ends
     with the weights of an uninterrupted single-process run."""
-    from test_resume import saved_step, wait_for_step
+    from test_resume import interrupt, saved_step, wait_for_step
 
     same = ("logger=csv", "optim.schedule=constant", "trainer.max_steps=100", "checkpoint.every_n_train_steps=2")
     straight = fit(tmp_path / "straight", "trainer=cpu", "data.batch_size=8", *same)
@@ -143,7 +143,7 @@ def test_single_process_checkpoint_resumes_under_ddp(tmp_path, cache_dir) -> Non
          *same], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_for_step(tmp_path / "split", proc, 10)
-    proc.send_signal(signal.SIGTERM)
+    interrupt(proc, signal.SIGTERM)
     proc.wait(timeout=120)
     (first,) = (tmp_path / "split" / "quickstart").iterdir()
     assert 10 <= saved_step(first / "checkpoints" / "last.ckpt") < 100

@@ -42,14 +42,30 @@ def saved_step(path: Path) -> int:
 
 
 def wait_for_step(out_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 300) -> None:
+    """Return as soon as ``last.ckpt`` holds ``step`` or later, with the run frozen by SIGSTOP.
+
+    A tiny step takes milliseconds on a fast machine, so the run is stopped the moment the
+    checkpoint is seen: otherwise it could finish its remaining steps before the signal lands.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, "the run ended before it could be interrupted"
         paths = list((out_dir / "quickstart").glob("*/checkpoints/last.ckpt"))
-        if paths and saved_step(paths[0]) >= step:
+        try:
+            reached = bool(paths) and saved_step(paths[0]) >= step
+        except (RuntimeError, EOFError, OSError):  # caught mid-write or mid-rename: look again
+            reached = False
+        if reached:
+            proc.send_signal(signal.SIGSTOP)
             return
-        time.sleep(0.2)
+        time.sleep(0.02)
     raise TimeoutError(f"no checkpoint at step {step}")
+
+
+def interrupt(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to a run frozen by :func:`wait_for_step` and let it wake to handle it."""
+    proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -76,13 +92,13 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_killed_run_resumes_to_identical_weights(sig, uninterrupted, tmp_path) -> None:
     proc = fit(tmp_path, wait=False)
-    wait_for_step(tmp_path, proc, 20)  # mid-epoch: an epoch has thousands of steps here
-    proc.send_signal(sig)
+    wait_for_step(tmp_path, proc, 5)  # mid-epoch: an epoch has thousands of steps here
+    interrupt(proc, sig)
     out, _ = proc.communicate(timeout=120)
     if sig == signal.SIGTERM:  # graceful: it saved where it stopped and exited cleanly
         assert "continue with resume=auto" in out, out[-2000:]
     stopped_at = saved_step(last_ckpt(tmp_path))
-    assert 20 <= stopped_at < 60
+    assert 5 <= stopped_at < 60
     fit(tmp_path, "resume=auto")
     assert_same(weights(last_ckpt(tmp_path)), uninterrupted)
 

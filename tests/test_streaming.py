@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from hub_schemas import fineweb_edu_table
-from test_resume import assert_same, fit, last_ckpt, saved_step, wait_for_step, weights
+from test_resume import assert_same, fit, interrupt, last_ckpt, saved_step, wait_for_step, weights
 
 from zoo.data.datamodule import TextDataModule
 from zoo.data.sources import build_source
@@ -142,7 +142,7 @@ def test_killed_streaming_run_resumes_to_identical_weights(workers, tmp_path_fac
     extra = [*TINY_STREAM, f"data.num_workers={workers}"]
     proc = fit(tmp_path, *extra, wait=False)
     wait_for_step(tmp_path, proc, 20)
-    proc.send_signal(signal.SIGKILL)
+    interrupt(proc, signal.SIGKILL)
     proc.communicate(timeout=120)
     assert 20 <= saved_step(last_ckpt(tmp_path)) < 60
     fit(tmp_path, *extra, "resume=auto")
