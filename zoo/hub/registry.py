@@ -89,14 +89,18 @@ def _first_comment(path: Path) -> str:
 
 
 def data_description(run: dict[str, Any] | None) -> str:
-    """``edu`` / ``edu 70% + math 30%`` from a run config's ``data.sources``."""
+    """``edu`` / ``edu 70% + math 30%`` from a run config's ``data.sources``; sources of one
+    name (edu in three languages, say) are summed into one share."""
     sources = ((run or {}).get("data") or {}).get("sources") or []
     names = [str(s.get("name", "?")) for s in sources]
     weights = [s.get("weight") for s in sources]
     if len(names) > 1 and all(w is not None for w in weights):
-        total = sum(float(w) for w in weights) or 1.0
-        return " + ".join(f"{n} {100 * float(w) / total:.0f}%" for n, w in zip(names, weights, strict=True))
-    return " + ".join(names)
+        shares: dict[str, float] = {}
+        for name, weight in zip(names, weights, strict=True):
+            shares[name] = shares.get(name, 0.0) + float(weight)
+        total = sum(shares.values()) or 1.0
+        return " + ".join(f"{n} {100 * w / total:.0f}%" for n, w in shares.items())
+    return " + ".join(dict.fromkeys(names))
 
 
 def _configs() -> dict[str, ModelInfo]:
