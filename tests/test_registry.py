@@ -124,3 +124,15 @@ def test_init_from_accepts_a_published_name(tmp_path, monkeypatch) -> None:
     assert torch.equal(task.model.embed.weight, model.embed.weight)
     with pytest.raises(ZooError, match=r"init_from=tiny-eud: no such .*did you mean 'tiny-edu'"):
         init_weights_from(task, "tiny-eud", tok)
+
+
+def test_data_description_sums_the_shares_of_one_source_name() -> None:
+    from omegaconf import OmegaConf
+
+    from zoo.hub.registry import data_description
+    from zoo.recipes import compose
+
+    run = OmegaConf.to_container(compose("general"), resolve=True)
+    assert data_description(run) == "edu 35% + bible 15% + docstrings 20% + python-code 15% + math 15%"
+    assert data_description({"data": {"sources": [{"name": "edu"}]}}) == "edu"
+    assert data_description(None) == ""
