@@ -110,11 +110,14 @@ def _group(name: str) -> list[dict]:
     return yaml.safe_load((ROOT / "recipes" / "data" / f"{name}.yaml").read_text())["sources"]
 
 
-def test_general_keeps_the_edu_and_math_splits() -> None:
+@pytest.mark.parametrize("group", ["edu", "math", "edu_es", "edu_fr", "bible", "docstrings", "python_code"])
+def test_each_source_group_scores_the_documents_general_holds_out(group) -> None:
+    """A per-source group (edu and math included) is its general entries without the weight:
+    the same fingerprint, so the same val and test documents."""
     general = _group("general")
-    for name in ("edu", "math"):
-        (own,) = _group(name)
-        same = [dict(s) for s in general if s["name"] == name and s.get("language") == own.get("language")]
+    for own in _group(group):
+        key = ("name", "language", "translation")
+        same = [dict(s) for s in general if all(s.get(k) == own.get(k) for k in key)]
         assert len(same) == 1 and same[0].pop("weight") > 0
         assert build_source(same[0]).fingerprint() == build_source(own).fingerprint()
     assert sum(s["weight"] for s in general) == pytest.approx(1.0)
