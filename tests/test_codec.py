@@ -75,6 +75,16 @@ def test_vector_formats_pack_exactly(fmt) -> None:
     assert torch.equal(f.unpack(packed, 32), x)
 
 
+@pytest.mark.parametrize("d", [1, 5, 32])
+def test_int4_vectors_pack_two_numbers_a_byte(d) -> None:
+    """Odd lengths pad the last byte; the scale's two bytes come first."""
+    f = VECTOR_FORMATS["int4"]
+    x = f.round_trip(torch.randn(3, d))
+    packed = f.pack(x)
+    assert len(packed) == 3 * (2 + -(-d // 2))
+    assert torch.equal(f.unpack(packed, d), x)
+
+
 @pytest.mark.parametrize("segments", ["windows", "documents"])
 def test_batches_cover_every_token_once(segments) -> None:
     rng = random.Random(0)

@@ -89,6 +89,17 @@ def test_int8_vector_round_trip_error_bound() -> None:
     assert (y[0] / scale[0]).round().tolist() == [0, 0, -11, 21, -42, 127]  # 1e-3 < s/2 rounds to 0
 
 
+def test_int4_vector_has_seven_levels_a_side() -> None:
+    """int4: the same absmax scheme with levels -7..7; every number moves by at most s/2."""
+    x = torch.tensor([[0.0, 0.2, -0.5, 1.0, -2.0, 3.5], [1e-3, -1e-3, 0.0, 0.0, 0.0, 0.0]])
+    y = get_vector_format("int4").round_trip(x)
+    scale = (x.abs().amax(-1, keepdim=True) / 7).clamp(min=2.0**-14).half().float()
+    assert ((y - x).abs() <= scale / 2 + 1e-7).all()
+    assert (y[0] / scale[0]).round().tolist() == [0, 0, -1, 2, -4, 7]
+    assert (y / scale).round().abs().max() == 7 and y.unique().numel() <= 15
+    assert get_vector_format("int4").bits_per_vector(32) == 32 * 4 + 16
+
+
 def test_float_vector_formats_round_to_nearest_and_saturate() -> None:
     x = torch.tensor([1.0, 1.03, 1.1, -2.2, 300.0, 1e6, -1e6])
     e4m3 = get_vector_format("fp8_e4m3").round_trip(x)
@@ -115,7 +126,7 @@ def test_vector_cost_follows_its_format(fmt) -> None:
     model = eacd(vector_format=fmt)
     d_c, f = model.d_c, VECTOR_FORMATS[fmt]
     expected = d_c * f.bits + f.overhead_bits
-    assert model.side_bits_per_sequence == expected == {"fp32": 256, "bf16": 128, "fp16": 128}.get(fmt, 64 + f.overhead_bits)
+    assert model.side_bits_per_sequence == expected == {"fp32": 256, "bf16": 128, "fp16": 128, "int4": 48}.get(fmt, 64 + f.overhead_bits)
     task = LanguageModelTask({"family": "eacd", "encoder": LLAMA, "decoder": LLAMA, "vector_format": fmt}, 97, 16)
     assert task.side_bits_per_sequence == expected
     task.model.set_vector_format("fp32")  # changed later: the task's metrics follow on refresh

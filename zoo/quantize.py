@@ -10,11 +10,11 @@ Two independent axes, combined in an evaluation *mode* such as ``int8+vec:fp8_e4
   embeddings, norms and the masked mixer's ``Conv1d`` stay float32
   (:func:`quantize_weights` reports the share of parameters it quantised).
 * **the vector** (:data:`VECTOR_FORMATS`): the EACD's ``d_c`` numbers rounded through
-  ``fp32``, ``bf16``, ``fp16``, ``fp8_e4m3``, ``fp8_e5m2`` or ``int8`` (symmetric absmax
-  per vector with a float16 scale). Float casts saturate at the format's largest finite value
-  (as a stored vector would) instead of overflowing to inf/NaN. The vector's honest cost
+  ``fp32``, ``bf16``, ``fp16``, ``fp8_e4m3``, ``fp8_e5m2``, ``int8`` or ``int4``
+  (symmetric absmax per vector with a float16 scale). Float casts saturate at the format's
+  largest finite value (as a stored vector would) instead of overflowing to inf/NaN. The vector's honest cost
   follows the format: ``d_c × bits + overhead`` bits per sequence
-  (:meth:`zoo.models.vector_formats.VectorFormat.bits_per_vector`; ``int8`` pays 16 bits for its scale).
+  (:meth:`zoo.models.vector_formats.VectorFormat.bits_per_vector`; ``int8`` and ``int4`` pay 16 bits for their scale).
 
 The vector formats themselves live with the model that uses them
 (:mod:`zoo.models.vector_formats`); this module applies them in evaluation modes.

@@ -86,8 +86,8 @@ class EncoderAugmentedDecoder(LanguageModel):
         compression: ``d_c = encoder d_model // compression`` numbers in the vector.
         injection: ``token``, ``embedding`` or ``additive`` (module docstring).
         vector_format: the format the vector is stored in, in training (straight-through
-            rounding) and evaluation: ``fp32``, ``bf16``, ``fp16``, ``fp8_e4m3``, ``fp8_e5m2``
-            or ``int8`` (:data:`zoo.models.vector_formats.VECTOR_FORMATS`). Sets the vector's cost.
+            rounding) and evaluation: ``fp32``, ``bf16``, ``fp16``, ``fp8_e4m3``, ``fp8_e5m2``,
+            ``int8`` or ``int4`` (:data:`zoo.models.vector_formats.VECTOR_FORMATS`). Sets the vector's cost.
         vector_bits: charge this many bits per number instead of the format's own (e.g. the
             rate of an entropy coder); ``None``: the format's bits (and overhead).
         noise_q: half-width of the uniform training noise (0: none; the paper: 2⁻⁴).

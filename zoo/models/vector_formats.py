@@ -1,10 +1,11 @@
 """Number formats the encoder-augmented decoder's vector is stored in, and their bit cost.
 
-``fp32``, ``bf16``, ``fp16``, ``fp8_e4m3``, ``fp8_e5m2`` or ``int8`` (symmetric absmax per
-vector with a float16 scale). Float casts saturate at the format's largest finite value (as
-a stored vector would) instead of overflowing to inf/NaN. A vector of ``d`` numbers costs
-``d × bits + overhead`` bits (:meth:`VectorFormat.bits_per_vector`; ``int8`` pays 16 bits for
-its scale): the side information an honest bits-per-byte charges.
+``fp32``, ``bf16``, ``fp16``, ``fp8_e4m3``, ``fp8_e5m2``, ``int8`` or ``int4`` (the two
+integer formats: symmetric absmax per vector, levels -127..127 or -7..7, with a float16
+scale). Float casts saturate at the format's largest finite value (as a stored vector would)
+instead of overflowing to inf/NaN. A vector of ``d`` numbers costs ``d × bits + overhead``
+bits (:meth:`VectorFormat.bits_per_vector`; the integer formats pay 16 bits for their scale):
+the side information an honest bits-per-byte charges.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ class VectorFormat:
     Attributes:
         name: the format's name in modes and configs.
         bits: bits per number.
-        overhead_bits: bits per vector besides the numbers (``int8``'s float16 scale).
-        dtype: the torch dtype a float format rounds through (``None`` for ``int8``).
+        overhead_bits: bits per vector besides the numbers (an integer format's float16 scale).
+        dtype: the torch dtype a float format rounds through (``None`` for the integer formats).
+        levels: an integer format's largest level (127 for ``int8``, 7 for ``int4``); the
+            numbers are stored as ``round(x / scale)`` in ``-levels..levels``.
     """
 
     name: str
     bits: int
     overhead_bits: int = 0
     dtype: torch.dtype | None = None
+    levels: int | None = None
 
     def bits_per_vector(self, d: int) -> int:
         """Bits that store one vector of ``d`` numbers in this format."""
@@ -45,21 +49,27 @@ class VectorFormat:
         """Vectors ``x`` ``[B, d]`` ALREADY in this format (:meth:`round_trip`'s output) as
         bytes, :meth:`bytes_per_vector` per row: what a compressed file stores."""
         x = x.detach().float().cpu()
-        if self.name == "int8":
-            scale = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=2.0**-14).to(torch.float16)
-            q = (x / scale.float()).round().clamp(-127, 127).to(torch.int8)
-            rows = torch.cat([scale.view(torch.uint8), q.view(torch.uint8)], dim=-1)
-        else:
-            rows = x.to(self.dtype or torch.float32).contiguous().view(torch.uint8)
-        return rows.numpy().tobytes()
+        if self.levels is None:
+            return x.to(self.dtype or torch.float32).contiguous().view(torch.uint8).numpy().tobytes()
+        scale = self._scale(x).to(torch.float16)
+        q = (x / scale.float()).round().clamp(-self.levels, self.levels).to(torch.int8)
+        if self.bits == 4:  # two numbers a byte, offset to 0..14, low nibble first
+            q = torch.nn.functional.pad(q + self.levels, (0, q.shape[-1] % 2))
+            q = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.int8)
+        return torch.cat([scale.view(torch.uint8), q.view(torch.uint8)], dim=-1).numpy().tobytes()
 
     def unpack(self, data: bytes, d: int) -> Tensor:
         """:meth:`pack`'s bytes back as float32 vectors ``[B, d]``."""
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(-1, self.bytes_per_vector(d))
-        if self.name == "int8":
-            scale = raw[:, :2].contiguous().view(torch.float16).float()
-            return raw[:, 2:].contiguous().view(torch.int8).float() * scale
-        return raw.contiguous().view(self.dtype or torch.float32).float()
+        if self.levels is None:
+            return raw.contiguous().view(self.dtype or torch.float32).float()
+        scale = raw[:, :2].contiguous().view(torch.float16).float()
+        q = raw[:, 2:]
+        if self.bits == 4:
+            q = torch.stack([q & 15, q >> 4], dim=-1).flatten(1)[:, :d].float() - self.levels
+        else:
+            q = q.contiguous().view(torch.int8).float()
+        return q * scale
 
     def round_trip(self, x: Tensor) -> Tensor:
         """``x`` stored in this format and read back (same dtype and shape as ``x``)."""
@@ -68,10 +78,14 @@ class VectorFormat:
         if self.dtype is not None:  # float formats: saturate, then round to nearest
             top = torch.finfo(self.dtype).max
             return x.clamp(-top, top).to(self.dtype).to(x.dtype)
-        # int8: one symmetric absmax scale per vector (last dim), itself stored as float16
-        scale = (x.detach().abs().amax(-1, keepdim=True) / 127).clamp(min=2.0**-14)
-        scale = scale.to(torch.float16).to(x.dtype)
-        return (x / scale).round().clamp(-127, 127) * scale
+        # integer formats: one symmetric absmax scale per vector (last dim), stored as float16
+        scale = self._scale(x.detach()).to(torch.float16).to(x.dtype)
+        return (x / scale).round().clamp(-self.levels, self.levels) * scale
+
+    def _scale(self, x: Tensor) -> Tensor:
+        """An integer format's scale per vector: its absmax over ``levels`` (at least 2^-14,
+        float16's smallest normal, so an all-zero vector still has one)."""
+        return (x.abs().amax(-1, keepdim=True) / self.levels).clamp(min=2.0**-14)
 
 
 VECTOR_FORMATS: dict[str, VectorFormat] = {
@@ -82,7 +96,8 @@ VECTOR_FORMATS: dict[str, VectorFormat] = {
         VectorFormat("fp16", 16, dtype=torch.float16),
         VectorFormat("fp8_e4m3", 8, dtype=torch.float8_e4m3fn),
         VectorFormat("fp8_e5m2", 8, dtype=torch.float8_e5m2),
-        VectorFormat("int8", 8, overhead_bits=16),
+        VectorFormat("int8", 8, overhead_bits=16, levels=127),
+        VectorFormat("int4", 4, overhead_bits=16, levels=7),
     )
 }
 
