@@ -7,7 +7,9 @@ For each n_ctx in ``--n-ctx``, trains through ``python -m zoo.fit``:
 * one EACD per vector format in ``--formats`` (recipe ``eacd_transformer``: a Llama encoder
   d=128 x 4 -> 32 numbers, and a decoder of the causal model's size). The vector is rounded
   through its format while training (straight-through) and in evaluation, so each EACD
-  learns the vector it will be charged for.
+  learns the vector it will be charged for;
+* and, for each format in ``--stored``, the first EACD scored again with its vector stored
+  in that format after training (no retraining: what rounding a trained vector costs).
 
 Every model reads packed windows of ``data=general`` with one 4k BPE and the same tokens per
 step (``--tokens-per-step``; batch = tokens / n_ctx), for ``--steps`` steps: equal tokens at
@@ -16,7 +18,8 @@ every n_ctx. Each is then scored by its run's final report on the whole general 
 bits), the BPB without the vector, and EACD minus causal; the plot draws EACD minus causal
 against n_ctx, one line per format. Writes ``benchmarks/results/eacd_context.{md,json,png}``.
 
-    python benchmarks/eacd_context.py [--n-ctx 256,512,1024] [--formats fp32,fp8_e4m3,int4] [--steps 300]
+    python benchmarks/eacd_context.py [--n-ctx 256,512,1024] [--formats fp32,int4] [--stored fp8_e4m3]
+                                      [--steps 300] [--tokens-per-step 2048]
 """
 
 from __future__ import annotations
@@ -57,25 +60,53 @@ def train(label: str, recipe: str, extra: list[str], out: Path, args: argparse.N
     params = int(next(line.split("—")[1].split()[0].replace(",", "")
                       for line in (proc.stdout + proc.stderr).splitlines() if "parameters (" in line))
     val = report["splits"]["val"]
-    row = {"label": label, "format": fmt, "n_ctx": n_ctx, "batch_size": batch, "params": params, "seconds": time.time() - t0,
-           "bpb": val["bpb"], "bpb_free_vector": val.get("bpb_free_vector", val["bpb"]), "val": val}
-    print(f"  n_ctx {n_ctx:5d}  {label:22s} {row['seconds']:6.0f} s  val BPB {row['bpb']:.4f}"
+    row = {"label": label, "format": fmt, "n_ctx": n_ctx, "batch_size": batch, "params": params,
+           "seconds": time.time() - t0, "checkpoint": report["best_checkpoint"], **scores(val), "val": val}
+    say(row)
+    return row
+
+
+def scores(metrics: dict) -> dict:
+    return {"bpb": metrics["bpb"], "bpb_free_vector": metrics.get("bpb_free_vector", metrics["bpb"])}
+
+
+def say(row: dict) -> None:
+    print(f"  n_ctx {row['n_ctx']:5d}  {row['label']:34s} {row['seconds']:6.0f} s  val BPB {row['bpb']:.4f}"
           f" (vector free {row['bpb_free_vector']:.4f})", flush=True)
+
+
+def restored(trained: dict, fmt: str) -> dict:
+    """``trained``'s EACD scored on the same val split with its vector stored in ``fmt``."""
+    from zoo.evaluate import prepare, score
+
+    t0 = time.time()
+    task, dm = prepare(trained["checkpoint"], "val", overrides={"eval_batch_size": max(1, 8192 // trained["n_ctx"])})
+    task.model.set_vector_format(fmt)
+    task.refresh_metrics()
+    row = {**trained, "label": f"{trained['label']}, stored {fmt}", "format": fmt, "trained_format": trained["format"],
+           "seconds": time.time() - t0, **scores(score(task, dm.eval_dataloader("val"), "val", accelerator="cpu"))}
+    row["seconds"] = time.time() - t0
+    say(row)
     return row
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-ctx", default="256,512,1024", help="comma-separated context lengths")
-    p.add_argument("--formats", default="fp32,fp8_e4m3,int4",
-                   help="comma-separated vector formats (zoo.models.vector_formats), one EACD each")
+    p.add_argument("--formats", default="fp32,int4",
+                   help="comma-separated vector formats (zoo.models.vector_formats), one EACD trained in each")
+    p.add_argument("--stored", default="fp8_e4m3",
+                   help="comma-separated formats the first EACD's trained vector is also scored in")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps of every run")
-    p.add_argument("--tokens-per-step", type=int, default=4096, help="tokens per step at every n_ctx")
+    p.add_argument("--tokens-per-step", type=int, default=2048, help="tokens per step at every n_ctx")
     args = p.parse_args()
     contexts = [int(n) for n in args.n_ctx.split(",")]
     formats = [f for f in args.formats.split(",") if f]
-    if unknown := [f for f in formats if f not in VECTOR_FORMATS]:
+    stored = [f for f in args.stored.split(",") if f]
+    if unknown := [f for f in formats + stored if f not in VECTOR_FORMATS]:
         p.error(f"unknown vector format(s) {unknown}; available: {', '.join(VECTOR_FORMATS)}")
+    if both := set(formats) & set(stored):
+        p.error(f"{sorted(both)} in both --formats and --stored: a format is either trained in or stored in")
     if any(args.tokens_per_step % n for n in contexts):
         p.error(f"--tokens-per-step {args.tokens_per_step} must be a multiple of every n_ctx in {contexts}")
     rows: list[dict] = []
@@ -84,9 +115,12 @@ def main() -> None:
         for i, n in enumerate(contexts):  # the compressors once: the val text is the same at every n_ctx
             rows.append(train("causal", "quickstart", [], Path(tmp) / f"c{n}", args, n,
                               "[gzip,xz,zstd,ppmd]" if i == 0 else "[]"))
-            for fmt in formats:
+            for j, fmt in enumerate(formats):
                 rows.append(train(f"EACD, vector {fmt}", "eacd_transformer", [f"model.vector_format={fmt}"],
                                   Path(tmp) / f"e{n}{fmt}", args, n, "[]", fmt))
+                if j == 0:
+                    rows += [restored(rows[-1], f) for f in stored]
+    formats = formats[:1] + stored + formats[1:]  # the table's order: fp32, its roundings, the others
     table = render(rows, contexts, formats, args, started)
     print("\n" + table)
     RESULTS.mkdir(exist_ok=True)

@@ -20,7 +20,7 @@ Options (all ``key=value``):
   quantize=MODES     score once per storage mode and print one table: size in bytes, BPB and
                      its change from fp32. MODES: all, or a comma-separated list of
                      W (weights: fp32 bf16 fp16 int8 nf4 fp4; int8/nf4/fp4 via bitsandbytes),
-                     vec:V (the EACD's vector: fp32 bf16 fp16 fp8_e4m3 fp8_e5m2 int8) or W+vec:V,
+                     vec:V (the EACD's vector: fp32 bf16 fp16 fp8_e4m3 fp8_e5m2 int8 int4) or W+vec:V,
                      e.g. quantize=int8,nf4,vec:fp8_e4m3,int8+vec:int8
 """
 
