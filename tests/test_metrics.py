@@ -224,6 +224,38 @@ def test_perplexity_metric_matches_exp_ce() -> None:
     assert ppl.compute().item() == pytest.approx(math.exp(stats.loss.item()), rel=1e-6)
 
 
+def test_metrics_fed_from_batch_totals_equal_per_token_updates() -> None:
+    """update_all reads each batch's sums once (TokenStats.totals); every metric ends equal,
+    to the last bit, to updating it with the per-token values and the mask, over batches
+    with unscored positions, and a compact batch."""
+    fed, masked = language_metrics(side_bits_per_sequence=24.0), language_metrics(side_bits_per_sequence=24.0)
+    for seed, compact in ((3, False), (4, False), (5, True)):
+        logits, labels, nbytes = _random_batch(seed)
+        stats = token_stats(logits, labels, nbytes, with_entropy=True, compact=compact)
+        assert stats.totals() is stats.totals()  # summed once, whichever metric asks first
+        update_all(fed, stats, n_sequences=3)
+        full = token_stats(logits, labels, nbytes, with_entropy=True)
+        for metric in masked.values():
+            if isinstance(metric, BitsPerByte):
+                metric.update(full.nll, full.target_bytes, mask=full.valid, n_sequences=3)
+            elif isinstance(metric, PredictiveEntropy):
+                metric.update(full.entropy, full.target_bytes, mask=full.valid)
+            else:
+                metric.update(full.nll, mask=full.valid)
+    for name in fed:
+        assert torch.equal(fed[name].compute(), masked[name].compute()), name
+    assert fed["ce"].tokens == sum(int((_random_batch(s)[1] != -100).sum()) for s in (3, 4, 5))
+
+
+def test_count_takes_a_mask_or_n_tokens_not_both() -> None:
+    nll = torch.tensor([0.5, 0.0, 1.5])
+    ce = CrossEntropy()
+    ce.update(nll, n_tokens=2)  # the zero is an unscored position
+    assert ce.compute().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="mask or n_tokens, not both"):
+        CrossEntropy().update(nll, mask=nll > 0, n_tokens=2)
+
+
 # ------------------------------------------------------------------------ DDP reduction
 
 

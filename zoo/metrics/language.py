@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +79,31 @@ class TokenStats:
     target_bytes: Tensor
     valid: Tensor
     n_tokens: Tensor
+    _totals: BatchTotals | None = field(default=None, init=False, repr=False, compare=False)
+
+    def totals(self) -> BatchTotals:
+        """The batch's sums, computed once however many metrics read them: every metric of
+        :func:`language_metrics` adds a few of the same four numbers, and summing ``[N]``
+        once instead of once per metric saves most of a metric update's small operations."""
+        if self._totals is None:
+            self._totals = BatchTotals(
+                nll=self.nll.detach().sum(dtype=torch.float64),  # unscored entries are zero
+                target_bytes=self.target_bytes.sum(dtype=torch.int64),
+                tokens=self.n_tokens.to(torch.int64),
+                entropy=None if self.entropy is None else self.entropy.sum(dtype=torch.float64),
+            )
+        return self._totals
+
+
+@dataclass(frozen=True)
+class BatchTotals:
+    """Sums over the scored tokens of one batch (:meth:`TokenStats.totals`): NLL and entropy
+    in nats (float64), target bytes and tokens (int64); 0-dim tensors on the batch's device."""
+
+    nll: Tensor
+    target_bytes: Tensor
+    tokens: Tensor
+    entropy: Tensor | None
 
 
 def token_stats(
@@ -213,8 +238,13 @@ def _masked(values: Tensor, mask: Tensor | None) -> Tensor:
     return torch.where(mask, values, torch.zeros_like(values))
 
 
-def _count(values: Tensor, mask: Tensor | None) -> Tensor:
-    """Number of scored entries: ``mask.sum()`` or all of ``values`` when no mask is given."""
+def _count(values: Tensor, mask: Tensor | None, n_tokens: int | Tensor | None = None) -> Tensor:
+    """Number of scored entries: ``n_tokens`` when given (then ``mask`` must not be),
+    else ``mask.sum()``, or all of ``values`` when there is no mask."""
+    if n_tokens is not None:
+        if mask is not None:
+            raise ValueError("give mask or n_tokens, not both: n_tokens counts values already zero outside the scored tokens")
+        return torch.as_tensor(n_tokens, dtype=torch.int64, device=values.device)
     if mask is None:
         return torch.tensor(values.numel(), dtype=torch.int64, device=values.device)
     return mask.sum().to(torch.int64)
@@ -304,8 +334,10 @@ class BitsPerByte(TokenMetric):
             self.sequences += torch.as_tensor(n_sequences, dtype=torch.int64, device=self.device)
 
     def update_from_stats(self, stats: TokenStats, n_sequences: int | Tensor | None = None) -> None:
-        """Update from :func:`token_stats` output (``n_sequences`` as in :meth:`update`)."""
-        self.update(stats.nll, stats.target_bytes, mask=stats.valid, n_sequences=n_sequences)
+        """Update from :func:`token_stats` output, its :meth:`~TokenStats.totals`
+        (``n_sequences`` as in :meth:`update`)."""
+        totals = stats.totals()
+        self.update(totals.nll, totals.target_bytes, n_sequences=n_sequences)
 
     def compute(self) -> Tensor:
         """Bits per byte (float64), side-information cost included when configured."""
@@ -326,14 +358,18 @@ class CrossEntropy(TokenMetric):
         super().__init__(**kwargs)
         add_sums(self, nll_sum=torch.float64, tokens=torch.int64)
 
-    def update(self, nll: Tensor, mask: Tensor | None = None) -> None:
-        """Accumulate ``[N]`` per-token NLL in nats (entries outside ``mask`` ignored)."""
+    def update(self, nll: Tensor, mask: Tensor | None = None, n_tokens: int | Tensor | None = None) -> None:
+        """Accumulate ``[N]`` per-token NLL in nats (entries outside ``mask`` ignored).
+
+        ``n_tokens``: the number of scored tokens, for ``nll`` that is already zero outside
+        them (or already summed); it replaces ``mask``, and the count of ``nll``'s entries."""
         self.nll_sum += _masked(nll, mask).sum(dtype=torch.float64)
-        self.tokens += _count(nll, mask)
+        self.tokens += _count(nll, mask, n_tokens)
 
     def update_from_stats(self, stats: TokenStats, n_sequences: int | Tensor | None = None) -> None:
-        """Update from :func:`token_stats` output."""
-        self.update(stats.nll, mask=stats.valid)
+        """Update from :func:`token_stats` output (its :meth:`~TokenStats.totals`)."""
+        totals = stats.totals()
+        self.update(totals.nll, n_tokens=totals.tokens)
 
     def compute(self) -> Tensor:
         """Mean NLL, nats per token (float64)."""
@@ -380,9 +416,11 @@ class PredictiveEntropy(TokenMetric):
         add_sums(self, entropy_sum=torch.float64, tokens=torch.int64, bytes_sum=torch.int64)
 
     def update(
-        self, entropy: Tensor, target_bytes: Tensor | None = None, mask: Tensor | None = None
+        self, entropy: Tensor, target_bytes: Tensor | None = None, mask: Tensor | None = None,
+        n_tokens: int | Tensor | None = None,
     ) -> None:
-        """Accumulate ``[N]`` entropies in nats; ``target_bytes`` is required for ``unit="byte"``."""
+        """Accumulate ``[N]`` entropies in nats; ``target_bytes`` is required for ``unit="byte"``.
+        ``n_tokens`` as in :meth:`CrossEntropy.update`."""
         if target_bytes is None:
             if self.unit == "byte":
                 raise ValueError('PredictiveEntropy(unit="byte") needs target_bytes in update()')
@@ -394,7 +432,7 @@ class PredictiveEntropy(TokenMetric):
                 )
             self.bytes_sum += _masked(target_bytes, mask).sum(dtype=torch.int64)
         self.entropy_sum += _masked(entropy, mask).sum(dtype=torch.float64)
-        self.tokens += _count(entropy, mask)
+        self.tokens += _count(entropy, mask, n_tokens)
 
     def update_from_stats(self, stats: TokenStats, n_sequences: int | Tensor | None = None) -> None:
         """Update from :func:`token_stats` output (which must have been run with entropy)."""
@@ -402,7 +440,8 @@ class PredictiveEntropy(TokenMetric):
             raise ValueError(
                 "PredictiveEntropy needs TokenStats.entropy: call token_stats(..., with_entropy=True)"
             )
-        self.update(stats.entropy, stats.target_bytes, mask=stats.valid)
+        totals = stats.totals()
+        self.update(totals.entropy, totals.target_bytes, n_tokens=totals.tokens)
 
     def compute(self) -> Tensor:
         """Mean predictive entropy in bits per token or per byte (float64)."""
