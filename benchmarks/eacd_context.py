@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from throughput import machine
 
 from zoo.models.vector_formats import VECTOR_FORMATS
 
@@ -126,16 +127,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "eacd_context.md").write_text(table + "\n")
     (RESULTS / "eacd_context.json").write_text(json.dumps({"args": vars(args), "started": started,
-                                                           "machine": machine(), "rows": rows}, indent=1))
+                                                           "machine": machine("cpu"), "rows": rows}, indent=1))
     plot(rows, contexts, formats, RESULTS / "eacd_context.png")
-
-
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    import torch
-
-    return f"{model}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def render(rows: list[dict], contexts: list[int], formats: list[str], args: argparse.Namespace, started: str) -> str:
@@ -144,7 +137,7 @@ def render(rows: list[dict], contexts: list[int], formats: list[str], args: argp
     lines = [
         f"data=general (packed, 4k BPE), {args.steps} steps x {args.tokens_per_step:,} tokens = "
         f"{args.steps * args.tokens_per_step:,} training tokens per model; scored on the whole general val split "
-        f"({ref['text_bytes']:,} bytes). {machine()}; started {started}.",
+        f"({ref['text_bytes']:,} bytes). {machine('cpu')}; started {started}.",
         "",
         "| n_ctx | model | parameters | vector bits / window | val BPB (vector charged) | vector-free BPB "
         "| EACD − causal (charged) | EACD − causal (free) | train s |",
