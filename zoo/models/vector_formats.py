@@ -54,8 +54,8 @@ class VectorFormat:
         scale = self._scale(x).to(torch.float16)
         q = (x / scale.float()).round().clamp(-self.levels, self.levels).to(torch.int8)
         if self.bits == 4:  # two numbers a byte, offset to 0..14, low nibble first
-            q = torch.nn.functional.pad(q + self.levels, (0, q.shape[-1] % 2))
-            q = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.int8)
+            q = torch.nn.functional.pad((q + self.levels).to(torch.uint8), (0, q.shape[-1] % 2))
+            q = q[:, 0::2] | (q[:, 1::2] << 4)
         return torch.cat([scale.view(torch.uint8), q.view(torch.uint8)], dim=-1).numpy().tobytes()
 
     def unpack(self, data: bytes, d: int) -> Tensor:
