@@ -217,8 +217,8 @@ def chunked_head_nll(
     if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
         raise ValueError(f"need hidden [N, d] and labels [N], got {tuple(hidden.shape)} and {tuple(labels.shape)}")
     vocab = getattr(head, "out_features", None) or head(hidden[:1]).shape[-1]
+    fused = fused_usable(hidden.device, _math_dtype(hidden.dtype))
     if chunk_size is None:  # the compiled kernel takes bigger chunks than the eager passes
-        fused = fused_usable(hidden.device, _math_dtype(hidden.dtype))
         chunk_size = max(1, FUSED_CHUNK_ELEMENTS // vocab) if fused else rows_per_chunk(vocab, hidden.device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
@@ -228,12 +228,14 @@ def chunked_head_nll(
     nll, entropy = torch.empty_like(lse), (torch.empty_like(lse) if with_entropy else None)
     if n == 0:
         return nll, entropy
-    buffers = _chunk_buffers(min(chunk_size, n), vocab, dtype, hidden.device, 2)
     # a head that writes into a buffer (zoo.models.OutputHead.logits_into) writes each chunk's
     # logits, already times log2(e), into the first one: no [rows, V] tensor is new, and on
-    # CPU the chunk is scored in base 2 without a max-shift pass (_score_chunk_base2)
+    # CPU the chunk is scored in base 2 without a max-shift pass (_score_chunk_base2); the
+    # compiled pass needs no second buffer for the exponentials
     logits_into = getattr(head, "logits_into", None)
     base2 = hidden.device.type == "cpu"
+    buffers = _chunk_buffers(min(chunk_size, n), vocab, dtype, hidden.device,
+                             1 if fused and base2 and logits_into is not None else 2)
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         outputs = (lse[start:stop], nll[start:stop], None if entropy is None else entropy[start:stop])
@@ -242,15 +244,18 @@ def chunked_head_nll(
             logits_into = None
             x = head(hidden[start:stop])
         if logits_into is not None and base2:
-            _score_chunk_base2(x, labels[start:stop], buffers[1], *outputs)
+            _score_chunk_base2(x, labels[start:stop], buffers[1] if len(buffers) > 1 else None, *outputs)
         else:
+            if len(buffers) < 2:  # the head's own forward after all: the eager passes' buffers
+                buffers = _chunk_buffers(min(chunk_size, n), vocab, dtype, hidden.device, 2)
             _score_chunk(x, labels[start:stop], buffers[0], buffers[1] if with_entropy else None, *outputs)
     return nll, entropy
 
 
-def _score_chunk_base2(x2: Tensor, labels: Tensor, probs_buf: Tensor,
+def _score_chunk_base2(x2: Tensor, labels: Tensor, probs_buf: Tensor | None,
                        lse: Tensor, nll: Tensor, entropy: Tensor | None) -> None:
-    """:func:`_score_chunk` for logits already in base 2 (``x2 = x log2 e``; ``probs_buf`` scratch),
+    """:func:`_score_chunk` for logits already in base 2 (``x2 = x log2 e``; ``probs_buf``
+    scratch for the eager passes, ``None``: a fresh one if they run),
     without the max shift: ``S = sum 2^x2``, ``lse = ln 2 log2 S``, ``nll = lse - x[label]``
     and ``H = ln 2 (log2 S - sum 2^x2 x2 / S)``. It saves two of the chunk's passes (the max
     and the shift); a row whose ``S`` overflows or underflows (a logit above 88, or all below
@@ -266,7 +271,7 @@ def _score_chunk_base2(x2: Tensor, labels: Tensor, probs_buf: Tensor,
         total = fused[3]
     else:  # the same math in eager passes, the exponentials in the reused buffer
         picked = x2.gather(1, labels[:, None]).squeeze(1)
-        exp = torch.exp2(x2, out=probs_buf[:rows])
+        exp = torch.exp2(x2) if probs_buf is None else torch.exp2(x2, out=probs_buf[:rows])
         total = exp.sum(-1)
         log2_total = total.log2()
         torch.mul(log2_total, LN2, out=lse)
