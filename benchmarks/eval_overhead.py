@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -93,6 +94,8 @@ def measure(family: str, d: int, args: argparse.Namespace) -> dict:
 
         def __iter__(self):
             return iter(batches)
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # not "GPU available" per round
 
     def trainer_test() -> float:
         window = Window()
