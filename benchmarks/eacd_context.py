@@ -68,10 +68,12 @@ def train(label: str, recipe: str, extra: list[str], out: Path, args: argparse.N
 
 
 def scores(metrics: dict) -> dict:
+    """The honest BPB (the vector charged) and the vector-free one of a report row."""
     return {"bpb": metrics["bpb"], "bpb_free_vector": metrics.get("bpb_free_vector", metrics["bpb"])}
 
 
 def say(row: dict) -> None:
+    """One progress line per model."""
     print(f"  n_ctx {row['n_ctx']:5d}  {row['label']:34s} {row['seconds']:6.0f} s  val BPB {row['bpb']:.4f}"
           f" (vector free {row['bpb_free_vector']:.4f})", flush=True)
 
@@ -85,7 +87,7 @@ def restored(trained: dict, fmt: str) -> dict:
     task.model.set_vector_format(fmt)
     task.refresh_metrics()
     row = {**trained, "label": f"{trained['label']}, stored {fmt}", "format": fmt, "trained_format": trained["format"],
-           "seconds": time.time() - t0, **scores(score(task, dm.eval_dataloader("val"), "val", accelerator="cpu"))}
+           **scores(score(task, dm.eval_dataloader("val"), "val", accelerator="cpu"))}
     row["seconds"] = time.time() - t0
     say(row)
     return row
