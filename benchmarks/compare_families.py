@@ -44,6 +44,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def logged_parameters(output: str) -> int:
+    """The parameter count ``zoo.fit`` logs (its "parameters (...) — N" line)."""
+    return int(next(line.split("—")[1].split()[0].replace(",", "")
+                    for line in output.splitlines() if "parameters (" in line))
+
+
 def run(label: str, recipe: str, extra: list[str], out: Path, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable, "-m", "zoo.fit", f"recipe={recipe}", "logger=csv", f"out_dir={out}",
@@ -69,8 +75,7 @@ def run(label: str, recipe: str, extra: list[str], out: Path, args: argparse.Nam
                           "bpb": float(r["val/bpb"]),
                           "bpb_free_vector": float(r.get("val/bpb_free_vector") or r["val/bpb"])})
     report = json.loads((run_dir / "report.json").read_text())
-    params = int(next(line.split("—")[1].split()[0].replace(",", "")
-                      for line in (proc.stdout + proc.stderr).splitlines() if "parameters (" in line))
+    params = logged_parameters(proc.stdout + proc.stderr)
     print(f"  {label}: {time.time() - t0:.0f} s, final val BPB {curve[-1]['bpb']:.4f}", flush=True)
     return {"label": label, "recipe": recipe, "params": params, "tokens_per_s": tps[-1] if tps else float("nan"),
             "curve": curve, "train_time": times[max(times)], "val": report["splits"]["val"]}

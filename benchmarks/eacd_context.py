@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare_families import logged_parameters
 from throughput import machine
 
 from zoo.models.vector_formats import VECTOR_FORMATS
@@ -58,8 +59,7 @@ def train(label: str, recipe: str, extra: list[str], out: Path, args: argparse.N
         sys.exit(f"{label} (n_ctx {n_ctx}) failed:\n{' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     run_dir = next((out / recipe).iterdir())
     report = json.loads((run_dir / "report.json").read_text())
-    params = int(next(line.split("—")[1].split()[0].replace(",", "")
-                      for line in (proc.stdout + proc.stderr).splitlines() if "parameters (" in line))
+    params = logged_parameters(proc.stdout + proc.stderr)
     val = report["splits"]["val"]
     row = {"label": label, "format": fmt, "n_ctx": n_ctx, "batch_size": batch, "params": params,
            "seconds": time.time() - t0, "checkpoint": report["best_checkpoint"], **scores(val), "val": val}
