@@ -48,6 +48,8 @@ def test_quickstart_trains_checkpoints_logs_and_reports(quickstart_run) -> None:
     val = report["splits"]["val"]
     assert 0 < val["bpb"] < 8 and 0 < val["xz"] < 8
     assert "val BPB" in out and "xz -9" in out
+    # its output is a pipe, not a terminal: progress comes as log lines (zoo.progress)
+    assert "step 20/20 (100%)" in out and "validating at step 20" in out and "step 20 · val/bpb " in out
     for f in ("model.safetensors", "config.yaml", "tokenizer.json", "metrics.json"):
         assert (run_dir / "model" / f).is_file()
 

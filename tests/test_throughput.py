@@ -76,6 +76,8 @@ def test_logged_steps_throughput_logs_what_the_stock_monitor_logs(tmp_path, monk
             clock["t"] += 1.0
 
     class Tiny(L.LightningModule):
+        flops_per_batch = 100.0
+
         def __init__(self) -> None:
             super().__init__()
             self.w = torch.nn.Linear(4, 1)
@@ -96,7 +98,8 @@ def test_logged_steps_throughput_logs_what_the_stock_monitor_logs(tmp_path, monk
         trainer.fit(Tiny(), DataLoader(data, batch_size=2))
         with open(next((tmp_path / name).glob("*/metrics.csv"))) as f:
             rows = [r for r in csv.DictReader(f) if r.get("train/device/items_per_sec")]
-        return {int(r["step"]): float(r["train/device/items_per_sec"]) for r in rows}
+        return {int(r["step"]): (float(r["train/device/items_per_sec"]), float(r["train/device/flops_per_sec"]))
+                for r in rows}
 
     kwargs = {"batch_size_fn": lambda b: b["input_ids"].shape[0], "length_fn": lambda b: b["input_ids"].numel()}
     stock = run(ThroughputMonitor(window_size=21, **kwargs), "stock")
@@ -104,4 +107,19 @@ def test_logged_steps_throughput_logs_what_the_stock_monitor_logs(tmp_path, monk
     assert ours and set(ours) <= set(stock)
     for step, value in ours.items():
         assert value == pytest.approx(stock[step])
-        assert value == pytest.approx(8.0)  # 2 samples x 4 tokens per one-second step
+        assert value == pytest.approx((8.0, 100.0))  # 2 samples x 4 tokens, 100 FLOPs per one-second step
+
+
+def test_task_flops_per_batch_is_the_formula_times_the_batch_tokens() -> None:
+    """What Lightning's ThroughputMonitor reads from the task: training FLOPs of the batch in
+    training, a third of them (the forward) in evaluation, None before any batch."""
+    from zoo.lit.language_model import LanguageModelTask
+
+    task = LanguageModelTask({"family": "llama", "d_model": 32, "n_layers": 2, "n_heads": 2}, VOCAB, N_CTX)
+    assert task.flops_per_batch is None
+    task.on_train_batch_start({"input_ids": torch.zeros(3, N_CTX, dtype=torch.long)}, 0)
+    expected = train_flops_per_token(task.model, N_CTX) * 3 * N_CTX
+    assert task.flops_per_batch == pytest.approx(expected)
+    task.eval()
+    task.on_validation_batch_start({"input_ids": torch.zeros(3, N_CTX // 2, dtype=torch.long)}, 0)
+    assert task.flops_per_batch == pytest.approx(train_flops_per_token(task.model, N_CTX // 2) * 3 * N_CTX // 2 / 3)

@@ -217,16 +217,24 @@ class LoggedStepsThroughput(ThroughputMonitor):
     reads the clock (and synchronises) only on the steps that write logs
     (``log_every_n_steps``), and keeps enough of them that its rates still cover the last
     ``steps`` training steps (e.g. 20 steps = 3 readings 10 steps apart). On CPU it logs the
-    same values as the stock callback.
+    same values as the stock callback. FLOP/s come from the module's ``flops_per_batch``
+    (:attr:`zoo.lit.language_model.LanguageModelTask.flops_per_batch`), summed over the
+    batches between readings.
     """
 
     def __init__(self, batch_size_fn, length_fn=None, steps: int = 20, log_every_n_steps: int = 10, **kwargs):
         super().__init__(batch_size_fn=batch_size_fn, length_fn=length_fn,
                          window_size=max(2, -(-steps // max(log_every_n_steps, 1)) + 1), **kwargs)
-        self._carry = {"samples": 0, "lengths": 0, "batches": 0}
+        self._carry = self._empty_carry()
+        self._carried_flops = 0.0  # FLOPs of the carried batches, added to the next reading
+
+    @staticmethod
+    def _empty_carry() -> dict[str, float]:
+        """What the batches since the last reading add up to."""
+        return {"samples": 0, "lengths": 0, "batches": 0, "flops": 0.0}
 
     def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self._carry = {"samples": 0, "lengths": 0, "batches": 0}
+        self._carry = self._empty_carry()
         super().on_train_start(trainer, *args)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -237,11 +245,20 @@ class LoggedStepsThroughput(ThroughputMonitor):
             self._carry["samples"] += self.batch_size_fn(batch)
             self._carry["lengths"] += self.length_fn(batch) if self.length_fn is not None else 0
             self._carry["batches"] += 1
+            self._carry["flops"] += getattr(pl_module, "flops_per_batch", None) or 0
             return
         # add the batches since the last reading; the stock update adds this one and reads the clock
         stage = trainer.state.stage
         self._samples[stage] += self._carry["samples"]
         self._lengths[stage] += self._carry["lengths"]
         self._batches[stage] += self._carry["batches"]
-        self._carry = {"samples": 0, "lengths": 0, "batches": 0}
+        self._carried_flops = self._carry["flops"]
+        self._carry = self._empty_carry()
         super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
+
+    def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, iter_num: int) -> None:
+        super()._update(trainer, pl_module, batch, iter_num)
+        flops = self._throughputs[trainer.state.stage]._flops  # the stock update counted this batch's only
+        if flops and self._carried_flops:
+            flops[-1] += self._carried_flops * trainer.world_size
+        self._carried_flops = 0.0

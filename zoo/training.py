@@ -55,6 +55,7 @@ from zoo.models.adapters import (
     load_base_state,
     merge_adapter,
 )
+from zoo.progress import progress_callbacks
 from zoo.schema import COMPILE_AUTO_MIN_STEPS
 
 log = logging.getLogger("zoo.fit")
@@ -307,6 +308,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if swa is not None:
         callbacks.append(swa)
     trainer_cfg = dict(config["trainer"])
+    # output to a file (nohup, a job log): progress as log lines instead of a live bar that draws nothing there
+    callbacks += progress_callbacks(trainer_cfg.get("enable_progress_bar"))
     vci, max_steps = trainer_cfg.get("val_check_interval"), trainer_cfg.get("max_steps", -1)
     if isinstance(vci, int) and 0 < max_steps < vci:  # validate (and keep a best checkpoint) at least once
         trainer_cfg["val_check_interval"] = max_steps

@@ -25,6 +25,7 @@ from torch import nn
 from zoo.metrics import language_metrics, token_stats, token_stats_from_hidden, update_all
 from zoo.models import build_model
 from zoo.models.base import auxiliary_loss
+from zoo.models.flops import train_flops_per_token
 from zoo.monitors import log_prefix, monitors
 from zoo.objectives import build_objective
 from zoo.schema import OPTIMIZERS, SCHEDULES, OptimOptions
@@ -69,6 +70,8 @@ class LanguageModelTask(L.LightningModule):
         self.optim = {**dataclasses.asdict(OptimOptions()), **dict(optim or {})}  # defaults: zoo.schema
         self.objective = build_objective(loss)
         self.refresh_metrics()
+        self._flops_shape: tuple[int, int] | None = None  # (batch, n_ctx) of the batch being run
+        self._train_flops_per_token: dict[int, float] = {}
 
     @property
     def side_bits_per_sequence(self) -> float:
@@ -107,6 +110,35 @@ class LanguageModelTask(L.LightningModule):
             if blocks and isinstance(module, blocks):
                 fully_shard(module, mesh=dp_mesh)
         fully_shard(self.model, mesh=dp_mesh)
+
+    # ------------------------------------------------------------------ FLOPs
+    @property
+    def flops_per_batch(self) -> float | None:
+        """FLOPs of the batch being run, for Lightning's ``ThroughputMonitor`` (it logs FLOP/s,
+        and MFU on accelerators it knows the peak of): the model's forward FLOPs per token
+        (:mod:`zoo.models.flops`) times the batch's tokens, three times that in training.
+        None before the first batch."""
+        if self._flops_shape is None:
+            return None
+        batch, n_ctx = self._flops_shape
+        if n_ctx not in self._train_flops_per_token:  # walking the modules once per length is enough
+            self._train_flops_per_token[n_ctx] = train_flops_per_token(self.model, n_ctx)
+        per_token = self._train_flops_per_token[n_ctx]
+        return batch * n_ctx * (per_token if self.training else per_token / 3.0)
+
+    def _note_batch(self, batch: Mapping[str, torch.Tensor]) -> None:
+        self._flops_shape = tuple(batch["input_ids"].shape[:2])
+
+    def on_train_batch_start(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._note_batch(batch)
+
+    def on_validation_batch_start(self, batch: Mapping[str, torch.Tensor], batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._note_batch(batch)
+
+    def on_test_batch_start(self, batch: Mapping[str, torch.Tensor], batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self._note_batch(batch)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
