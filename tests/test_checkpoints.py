@@ -132,3 +132,22 @@ def test_publish_pipeline_on_a_tiny_model(edu_dm, cache_dir, tmp_path, monkeypat
     with pytest.raises(ZooError, match="does not reproduce, nothing written"):
         recompress("tiny-edu", table=False, log=lambda *_: None)
     assert json.loads(metrics_path.read_text()) == metrics
+
+
+def test_training_start_and_wall_time_come_from_the_run_log(tmp_path) -> None:
+    """A run folder not named by its start time (hydra.run.dir=...) still gets a card date."""
+    import datetime as dt
+    import os
+
+    from zoo.hub.publish import training_start, training_wall_time
+
+    run = tmp_path / "my-run"
+    run.mkdir()
+    assert training_start(run) is None and training_wall_time(run) is None
+    (run / "fit.log").write_text("[2026-12-02 19:27:30,896][zoo.data.prepare][INFO] - preparing math\n")
+    assert training_start(run) == dt.datetime(2026, 12, 2, 19, 27, 30)
+    assert training_wall_time(run) is None  # no report.json: the run did not finish
+    (run / "report.json").write_text("{}")
+    end = dt.datetime(2026, 12, 2, 19, 50, 7).timestamp()
+    os.utime(run / "report.json", (end, end))
+    assert training_wall_time(run) == 22 * 60 + 37

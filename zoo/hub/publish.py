@@ -160,16 +160,21 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def training_wall_time(run_dir: Path | None) -> float | None:
-    """Seconds from the first timestamp of the run's ``fit.log`` to its ``report.json`` (written at the end)."""
+def training_start(run_dir: Path | None) -> dt.datetime | None:
+    """When the run started: the first timestamp of its ``fit.log``."""
     log = run_dir / "fit.log" if run_dir else None
-    report = run_dir / "report.json" if run_dir else None
-    if not log or not log.is_file() or not report or not report.is_file():
+    if not log or not log.is_file():
         return None
     first = re.search(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]", log.read_text(), flags=re.M)
-    if not first:
+    return dt.datetime.strptime(first[1], "%Y-%m-%d %H:%M:%S") if first else None
+
+
+def training_wall_time(run_dir: Path | None) -> float | None:
+    """Seconds from the first timestamp of the run's ``fit.log`` to its ``report.json`` (written at the end)."""
+    start = training_start(run_dir)
+    report = run_dir / "report.json" if run_dir else None
+    if start is None or not report or not report.is_file():
         return None
-    start = dt.datetime.strptime(first[1], "%Y-%m-%d %H:%M:%S")
     return round((dt.datetime.fromtimestamp(report.stat().st_mtime) - start).total_seconds())
 
 
@@ -316,6 +321,7 @@ def publish(
     command, command_note = fit_command(run_cfg, run_dir)
     n_params = count_parameters(model)
     stamp = re.fullmatch(r"(\d{4}-\d\d-\d\d)_(\d\d)-(\d\d)-(\d\d)", run_dir.name) if run_dir else None
+    started = training_start(run_dir)  # a run folder named otherwise (hydra.run.dir=...): its log's first line
     card: dict[str, Any] = {
         "name": name,
         "family": spec["model"].get("family"),
@@ -328,7 +334,8 @@ def publish(
         "vocab_size": spec["vocab_size"],
         "n_ctx": spec["n_ctx"],
         "command": command,
-        "trained": (f"{stamp[1]} {stamp[2]}:{stamp[3]}" if stamp else None),
+        "trained": (f"{stamp[1]} {stamp[2]}:{stamp[3]}" if stamp
+                    else started.strftime("%Y-%m-%d %H:%M") if started else None),
         "training_seconds": training_wall_time(run_dir),
         "run": _relative(run_dir) if run_dir else None,
         "published": dt.date.today().isoformat(),
