@@ -70,7 +70,8 @@ def run(label: str, recipe: str, extra: list[str], out: Path, args: argparse.Nam
     for r in rows:
         if r.get("val/bpb"):
             step = int(r["step"])
-            t = times.get(step) or times[max(s for s in times if s <= step)] if times else 0.0
+            earlier = [s for s in times if s <= step]  # the last throughput reading before it
+            t = times.get(step) or (times[max(earlier)] if earlier else 0.0)
             curve.append({"step": step, "tokens": step * args.batch_size * args.n_ctx, "time": t,
                           "bpb": float(r["val/bpb"]),
                           "bpb_free_vector": float(r.get("val/bpb_free_vector") or r["val/bpb"])})
