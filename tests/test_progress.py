@@ -63,3 +63,24 @@ def test_progress_callbacks_choose_by_terminal(tmp_path) -> None:
         assert [type(c) for c in progress_callbacks(None, file)] == [LineProgress]
         assert progress_callbacks(False, file) == []  # trainer.enable_progress_bar=false: nothing
     os.close(primary)
+
+
+def test_rate_and_eta_follow_the_recent_steps(tmp_path, caplog, monkeypatch) -> None:
+    """Steps 1-5 take 1 s, then 10 s each: the ETA reads the last lines' pace, not the average."""
+    import zoo.progress
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(zoo.progress.time, "monotonic", lambda: clock["t"])
+
+    class Tick(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            clock["t"] += 1.0 if trainer.global_step <= 5 else 10.0
+
+    data = [{"input_ids": torch.ones(4, dtype=torch.long)} for _ in range(16)]
+    trainer = L.Trainer(max_steps=10, logger=False, callbacks=[Tick(), LineProgress(every_s=0, window=2)],
+                        limit_val_batches=0, enable_checkpointing=False, enable_model_summary=False,
+                        accelerator="cpu", default_root_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="zoo.progress"):
+        trainer.fit(Tiny(), DataLoader(data, batch_size=2))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("step 9/10"))
+    assert "eta 0:00:10" in line and "elapsed 0:00:45" in line  # the average pace would say 0:00:05

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import deque
 from datetime import timedelta
 from typing import Any, TextIO
 
@@ -33,19 +34,22 @@ class LineProgress(ProgressBar):
     """Training progress as one log line every ``every_s`` seconds (rank 0 only).
 
     A training line reads ``step 200/600 (33%) · train/loss 2.41 · train/bpb 1.05 ·
-    1,430 tok/s · elapsed 0:09:32 · eta 0:19:04``: the rates and the ETA count the steps
-    this process ran (a resumed run does not credit the steps before its restart). A
-    validation logs ``validating at step 200 (68 batches)`` and then ``step 200 · val/bpb
+    1,430 tok/s · elapsed 0:09:32 · eta 0:19:04``. The rate and the ETA are those of the
+    last ``window`` lines' span (about ``window x every_s`` seconds, validations included),
+    so they follow a run whose speed changes (another job on the machine); they count only
+    the steps this process ran, so a resumed run does not credit those before its restart.
+    A validation logs ``validating at step 200 (68 batches)`` and then ``step 200 · val/bpb
     1.0631 · val/ce 2.8113 · 41 s``.
     """
 
-    def __init__(self, every_s: float = 60.0) -> None:
+    def __init__(self, every_s: float = 60.0, window: int = 5) -> None:
         super().__init__()
         self.every_s = float(every_s)
         self._enabled = True
         self._start: float | None = None
-        self._first_step = 0
         self._tokens = 0
+        #: (time, step, tokens) at the start and at the last ``window`` lines
+        self._marks: deque[tuple[float, int, int]] = deque(maxlen=max(int(window), 1) + 1)
         self._last_line = 0.0
         self._val_start = 0.0
 
@@ -66,7 +70,9 @@ class LineProgress(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._start = self._last_line = time.monotonic()
-        self._first_step, self._tokens = trainer.global_step, 0
+        self._tokens = 0
+        self._marks.clear()
+        self._marks.append((self._start, trainer.global_step, 0))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -84,13 +90,15 @@ class LineProgress(ProgressBar):
         parts = [f"step {step}/{total} ({100 * step / total:.0f}%)" if total > 0 else f"step {step}"]
         metrics = self.get_metrics(trainer, pl_module)
         parts += [f"{k} {float(v):.4g}" for k, v in metrics.items() if k.startswith("train/") and _number(v)]
-        elapsed = now - (self._start or now)
-        ran = step - self._first_step
-        if elapsed > 0 and ran > 0:
-            parts.append(f"{self._tokens / elapsed:,.0f} tok/s")
+        elapsed = now - self._start if self._start is not None else 0.0
+        since, first_step, first_tokens = self._marks[0] if self._marks else (now, step, self._tokens)
+        span, ran = now - since, step - first_step
+        self._marks.append((now, step, self._tokens))
+        if span > 0 and ran > 0:
+            parts.append(f"{(self._tokens - first_tokens) / span:,.0f} tok/s")
         parts.append(f"elapsed {_duration(elapsed)}")
-        if elapsed > 0 and ran > 0 and total > step:
-            parts.append(f"eta {_duration((total - step) * elapsed / ran)}")
+        if span > 0 and ran > 0 and total > step:
+            parts.append(f"eta {_duration((total - step) * span / ran)}")
         return " · ".join(parts)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
