@@ -57,6 +57,22 @@ def test_tokenizer_errors(tmp_path) -> None:
         load_tokenizer(tmp_path / "bad.json")
 
 
+def test_given_tokenizer_says_once_that_vocab_size_is_not_used(edu_dm, tmp_path, caplog) -> None:
+    """A tokenizer file wins over data.tokenizer.vocab_size; a size that differs is named, once."""
+    path = save_tokenizer(edu_dm.tokenizer, tmp_path)
+    dm = TextDataModule([{"name": "edu"}], tokenizer={"path": str(path), "vocab_size": 4096}, cache_dir=tmp_path)
+    with caplog.at_level("INFO", logger="zoo.data.datamodule"):
+        assert dm.vocab_size == len(dm.tokenizer) == SMALL_TOKENIZER["vocab_size"]
+    said = [r.getMessage() for r in caplog.records if "vocab_size=4096" in r.getMessage()]
+    assert len(said) == 1 and f"has {SMALL_TOKENIZER['vocab_size']} tokens" in said[0], said
+    caplog.clear()
+    same = TextDataModule([{"name": "edu"}], tokenizer={"path": str(path), "vocab_size": SMALL_TOKENIZER["vocab_size"]},
+                          cache_dir=tmp_path)
+    with caplog.at_level("INFO", logger="zoo.data.datamodule"):
+        assert len(same.tokenizer) == SMALL_TOKENIZER["vocab_size"]
+    assert not [r for r in caplog.records if "applies only" in r.getMessage()]
+
+
 # -- cache ------------------------------------------------------------------------------------
 def test_cache_is_reused_and_matches_documents(edu_dm) -> None:
     source, tok = edu_dm.sources[0], edu_dm.tokenizer

@@ -164,7 +164,13 @@ class TextDataModule(L.LightningDataModule):
 
     def _load_or_train_tokenizer(self, train: bool) -> PreTrainedTokenizerFast:
         if self.tokenizer_cfg.get("path"):
-            return load_tokenizer(self.tokenizer_cfg["path"])
+            tok = load_tokenizer(self.tokenizer_cfg["path"])
+            asked = self.tokenizer_cfg.get("vocab_size")
+            if asked is not None and int(asked) != len(tok) and self._tokenizer is None:
+                # not an error: recipes set a size for the tokenizer they would train
+                log.info("data.tokenizer.path %s has %d tokens; data.tokenizer.vocab_size=%s applies only "
+                         "when a tokenizer is trained, so it is not used", self.tokenizer_cfg["path"], len(tok), asked)
+            return tok
         path = self._tokenizer_file()
         if path.is_file():
             return load_tokenizer(path)
