@@ -166,7 +166,7 @@ class TextDataModule(L.LightningDataModule):
         if self.tokenizer_cfg.get("path"):
             tok = load_tokenizer(self.tokenizer_cfg["path"])
             asked = self.tokenizer_cfg.get("vocab_size")
-            if asked is not None and int(asked) != len(tok) and self._tokenizer is None:
+            if asked is not None and int(asked) != len(tok):
                 # not an error: recipes set a size for the tokenizer they would train
                 log.info("data.tokenizer.path %s has %d tokens; data.tokenizer.vocab_size=%s applies only "
                          "when a tokenizer is trained, so it is not used", self.tokenizer_cfg["path"], len(tok), asked)
