@@ -108,9 +108,6 @@ OPTIM = {"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"}
 ADAMW = {"lr": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8}
 N_HEADS = 4
 LOG_EVERY = 10  # zoo's CSV logger writes every 10 steps; litgpt's running loss is read as often
-#: CPU flags worth naming for matmul speed (from /proc/cpuinfo)
-VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
-                "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
 
 
 def d_ff(d: int) -> int:
@@ -123,18 +120,6 @@ def zoo_model_config(d: int) -> dict[str, Any]:
     return {**throughput.model_config("llama", d), "d_ff": d_ff(d)}
 
 
-def cpu_flags() -> list[str]:
-    """The vector extensions of this CPU among :data:`VECTOR_FLAGS`."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in VECTOR_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
-
-
 def machine_info() -> dict[str, Any]:
     import torch
 
@@ -142,7 +127,7 @@ def machine_info() -> dict[str, Any]:
         capability = torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001 - older torch
         capability = None
-    return {"machine": throughput.machine("cpu"), "cpu_flags": cpu_flags(), "torch": torch.__version__,
+    return {"machine": throughput.machine("cpu"), "cpu_flags": throughput.cpu_flags(), "torch": torch.__version__,
             "torch_cpu_capability": capability, "python": platform.python_version()}
 
 
@@ -592,8 +577,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine_info()
     started = datetime.datetime.now()
     peak = throughput.matmul_peak(cpu)
-    print(f"fp32 matmul peak {peak / 1e9:,.1f} GFLOP/s on {info['machine']}; "
-          f"vector extensions: {' '.join(info['cpu_flags']) or '?'}", flush=True)
+    print(f"fp32 matmul peak {peak / 1e9:,.1f} GFLOP/s on {info['machine']}", flush=True)
     groups = []
     with tempfile.TemporaryDirectory(prefix="zoo-peers-") as tmp:
         for d in args.sizes:
@@ -603,8 +587,8 @@ def main(argv: list[str] | None = None) -> None:
     litgpt = next((g["contestants"]["litgpt"] for g in groups if "litgpt" in g["contestants"]), None)
     command = shlex.join(["python", "benchmarks/peers.py", *(argv if argv is not None else sys.argv[1:])])
     head = (
-        f"`{command}` on {info['machine']} (vector extensions: {' '.join(info['cpu_flags']) or 'unknown'}; "
-        f"torch CPU capability {info['torch_cpu_capability']}), {started:%Y-%m-%d %H:%M}; "
+        f"`{command}` on {info['machine']} (torch CPU capability {info['torch_cpu_capability']}), "
+        f"{started:%Y-%m-%d %H:%M}; "
         f"{args.threads} threads per contestant"
         + (f", litgpt {litgpt['litgpt_version']}" if litgpt else "")
         + f". fp32 matmul peak {peak / 1e9:,.1f} GFLOP/s at the start, {peak_end / 1e9:,.1f} at the end. "

@@ -459,7 +459,25 @@ def table(results: list[dict], peak: float, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+#: CPU flags worth naming for matmul speed (from /proc/cpuinfo)
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+                "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions of this CPU among :data:`VECTOR_FLAGS` (empty where unknown)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine(device: str) -> str:
+    """The device in words; for the CPU its model and vector extensions, which set its speed."""
     import torch
 
     if device.startswith("cuda"):
@@ -472,7 +490,9 @@ def machine(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()}-core CPU ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    vector = " ".join(cpu_flags()) or "unknown"
+    return (f"{os.cpu_count()}-core CPU ({cpu}; vector extensions {vector}), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def main() -> None:

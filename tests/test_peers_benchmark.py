@@ -26,6 +26,9 @@ def test_peers_benchmark_writes_paired_windows(tmp_path: Path) -> None:
     data = json.loads(out.with_suffix(".json").read_text())
     assert out.with_suffix(".md").read_text().startswith("`python benchmarks/peers.py")
     assert data["matmul_peak_flops"] > 0 and data["torch"] and "cpu_flags" in data
+    # every figure names the CPU and its vector extensions, once
+    assert data["machine"].count("vector extensions") == 1
+    assert out.with_suffix(".md").read_text().count("vector extensions") == 1
     assert data["zoo_over_litgpt"] == {"d128_eager": None}  # litgpt was not a contestant
     (group,) = data["results"]
     assert (group["d_model"], group["n_layers"], group["mode"]) == (128, 4, "eager")
