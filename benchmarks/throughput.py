@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -464,16 +465,25 @@ VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "
                 "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
 
 
-def cpu_flags() -> list[str]:
-    """The vector extensions of this CPU among :data:`VECTOR_FLAGS` (empty where unknown)."""
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's ``/proc/cpuinfo`` fields (empty where there is none), read once."""
+    fields: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in VECTOR_FLAGS if f in have]
+            if not line.strip():
+                break  # the end of the first processor's block
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return []
+    return fields
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions of this CPU among :data:`VECTOR_FLAGS` (empty where unknown)."""
+    have = set(_cpuinfo().get("flags", "").split())
+    return [f for f in VECTOR_FLAGS if f in have]
 
 
 def machine(device: str) -> str:
@@ -482,14 +492,7 @@ def machine(device: str) -> str:
 
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpuinfo().get("model name") or platform.processor() or platform.machine()
     vector = " ".join(cpu_flags()) or "unknown"
     return (f"{os.cpu_count()}-core CPU ({cpu}; vector extensions {vector}), torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
